@@ -1,0 +1,5 @@
+"""``python -m reformer_tools``."""
+
+from reformer_tools.cli import main
+
+main()

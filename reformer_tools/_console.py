@@ -1,0 +1,72 @@
+"""Output streams: results on stdout, everything else on stderr; untrusted text escaped."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+# No ``file=``: rich resolves sys.stdout/sys.stderr on each write, which lets
+# click's CliRunner capture both streams.
+# Piped output is not wrapped at 80 columns: tables of long keys stay one row each.
+_PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
+out = Console(highlight=False, soft_wrap=False, width=_PIPE_WIDTH)
+err = Console(stderr=True, highlight=False)
+
+
+def sanitize(text: str, limit: int = 300) -> str:
+    """Make text from a checkpoint safe for a terminal: no control characters, no markup."""
+    cleaned = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text[:limit])
+    if len(text) > limit:
+        cleaned += "..."
+    return escape(cleaned)
+
+
+def error(message: str) -> None:
+    """One line on stderr."""
+    err.print(f"[bold red]error:[/] {sanitize(message, 2000)}", soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {sanitize(message, 2000)}", soft_wrap=True)
+
+
+def note(message: str) -> None:
+    err.print(f"[dim]{sanitize(message, 2000)}[/]", soft_wrap=True)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def emit_json(payload: dict[str, Any]) -> None:
+    """Print one JSON document on stdout and nothing else."""
+    document = {"schema_version": 1, **payload}
+    click.echo(json.dumps(_json_safe(document), indent=2, allow_nan=False))
+
+
+def format_bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,336 @@
+"""Conversion: checkpoint + config -> Hugging Face files, one tensor in memory at a time.
+
+No model is instantiated and nothing is randomly initialised: the plan says
+what every tensor is, the loader yields source arrays in order, each is
+transformed once, written, and released. torch is imported only for the legacy
+``.bin`` output; transformers never.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from reformer_tools import __version__
+from reformer_tools.errors import MappingError, ReformerToolsError, UsageError
+from reformer_tools.loader import Leaf, TraxCheckpoint, as_float32, dtype_itemsize
+from reformer_tools.mapper import TRANSFORMS, expected_slots, plan
+from reformer_tools.output import AtomicOutput
+from reformer_tools.safetensors_writer import (
+    SafetensorsWriter,
+    TensorSpec,
+    index_json,
+    shard_names,
+    split_shards,
+)
+from reformer_tools.spec import ReformerSpec
+
+Array = npt.NDArray[Any]
+OUTPUT_DTYPES: Final = ("float32", "float16", "bfloat16")
+_DIGEST_PLACEHOLDER: Final = "0" * 64
+
+
+class OutputKind(StrEnum):
+    DIRECTORY = "directory"
+    SAFETENSORS = "safetensors"
+    TORCH_BIN = "bin"
+
+
+def output_kind_for(path: Path) -> OutputKind:
+    """``.bin`` -> torch.save; ``.safetensors`` -> one file; anything else -> a model directory."""
+    if path.suffix == ".bin":
+        return OutputKind.TORCH_BIN
+    if path.suffix == ".safetensors":
+        return OutputKind.SAFETENSORS
+    return OutputKind.DIRECTORY
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'2GB' -> 2_000_000_000, '500MiB' -> 524_288_000 (Hugging Face's convention)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise UsageError(f"{text!r} is not a size (examples: 2GB, 500MB, 1GiB)")
+    number, unit, binary = match.groups()
+    base = 1024 if binary else 1000
+    size = int(float(number) * base ** "_KMGT".index(unit.upper() or "_"))
+    if size <= 0:
+        raise UsageError(f"{text!r} is not a positive size")
+    return size
+
+
+# ------------------------------------------------------------------------ plan
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One output tensor: where it comes from, how, and what it becomes."""
+
+    hf_key: str
+    leaf_index: int
+    trax_path: str | None  # None until a streamed side file is read
+    source_shapes: tuple[tuple[int, ...], ...]
+    transform: str
+    target_shape: tuple[int, ...]
+    dtype: str | None  # output dtype; None until a streamed side file is read
+
+    @property
+    def nbytes(self) -> int | None:
+        return None if self.dtype is None else math.prod(self.target_shape) * dtype_itemsize(self.dtype)
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    kind: OutputKind
+    tensors: tuple[PlannedTensor, ...]
+    streaming: bool  # True: shapes are checked as the side file is read
+
+    @property
+    def total_bytes(self) -> int | None:
+        sizes = [t.nbytes for t in self.tensors]
+        return None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
+
+
+def _out_dtype(source: str, requested: str | None) -> str:
+    return requested or source
+
+
+def plan_conversion(
+    checkpoint: TraxCheckpoint,
+    spec: ReformerSpec,
+    kind: OutputKind,
+    *,
+    dtype: str | None = None,
+    need_all_dtypes: bool = False,
+) -> ConversionPlan:
+    """Check the checkpoint against the config and list every output tensor.
+
+    For side files whose headers have not been read, the plan comes from the
+    config alone and each array is checked as it streams in (one pass instead of
+    two), unless ``need_all_dtypes`` asks for the exact sizes up front.
+    """
+    streaming = not checkpoint.leaves_known and not (need_all_dtypes and dtype is None)
+    if streaming:
+        slots = expected_slots(spec).slots
+        tensors = [
+            PlannedTensor(key, i, None, slot.source_shapes, slot.transform.name, slot.target_shape, dtype)
+            for i, slot in enumerate(slots)
+            for key in slot.hf_keys
+        ]
+        return ConversionPlan(kind, tuple(tensors), streaming=True)
+    checked = plan(spec, checkpoint.leaves, source=str(checkpoint.path))
+    tensors = [
+        PlannedTensor(
+            key,
+            a.leaf.index,
+            a.leaf.path,
+            a.slot.source_shapes,
+            a.slot.transform.name,
+            a.target_shape,
+            _out_dtype(a.leaf.dtype, dtype),
+        )
+        for a in checked.assignments
+        for key in a.slot.hf_keys
+    ]
+    return ConversionPlan(kind, tuple(tensors), streaming=False)
+
+
+# ------------------------------------------------------------------- dtypes
+
+
+def cast(array: Array, source: str, target: str) -> Array:
+    """Convert storage arrays between float dtypes the way torch rounds them."""
+    if source == target:
+        return array
+    if target == "float32":
+        return as_float32(array, source)
+    if target == "float16":
+        return (as_float32(array, source) if source == "bfloat16" else array).astype(np.float16)
+    if target == "bfloat16":
+        return float32_to_bfloat16_bits(as_float32(array, source))
+    raise UsageError(f"cannot convert to {target}")
+
+
+def float32_to_bfloat16_bits(array: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
+    """Round to nearest even, NaNs kept quiet: torch's float -> bfloat16."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    rounded = (bits + (np.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16
+    out = rounded.astype(np.uint16)
+    nan = np.isnan(array)
+    if nan.any():
+        out[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
+    return out
+
+
+# -------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    key: str
+    tensors_done: int
+    tensors_total: int
+    bytes_done: int
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    output: Path
+    kind: OutputKind
+    files: tuple[tuple[str, int], ...]  # (name, bytes)
+    tensors: int
+    tensor_bytes: int
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def _stream_tensors(
+    checkpoint: TraxCheckpoint, spec: ReformerSpec, conversion: ConversionPlan, dtype: str | None
+) -> Iterator[tuple[PlannedTensor, Array, str]]:
+    """Yield (planned tensor, storage array, dtype) in plan order, one leaf at a time."""
+    by_leaf: dict[int, list[PlannedTensor]] = {}
+    for tensor in conversion.tensors:
+        by_leaf.setdefault(tensor.leaf_index, []).append(tensor)
+    slots = expected_slots(spec).slots if conversion.streaming else None
+    seen = 0
+    for leaf, array in checkpoint.iter_arrays(release=True):
+        seen += 1
+        planned = by_leaf.get(leaf.index)
+        if planned is None or (slots is not None and leaf.shape not in planned[0].source_shapes):
+            raise _stream_mismatch(checkpoint, spec, leaf, slots)
+        transformed = TRANSFORMS[planned[0].transform].apply(array)
+        out_dtype = _out_dtype(leaf.dtype, dtype)
+        transformed = cast(transformed, leaf.dtype, out_dtype)
+        del array
+        for tensor in planned:
+            yield replace(tensor, trax_path=leaf.path, dtype=out_dtype), transformed, out_dtype
+        del transformed
+    if seen != len(by_leaf):
+        raise _stream_mismatch(checkpoint, spec, None, slots)
+
+
+def _stream_mismatch(checkpoint: TraxCheckpoint, spec: ReformerSpec, leaf: Leaf | None, slots: Any) -> Exception:
+    """A streamed array did not fit the plan: diagnose with a full header scan."""
+    try:
+        plan(spec, checkpoint.leaves, source=str(checkpoint.path))
+    except ReformerToolsError as error:  # the precise, named diagnosis
+        return error
+    where = f" at {leaf.path}" if leaf is not None else ""
+    return MappingError(f"{checkpoint.path}: the checkpoint does not match the config{where}")
+
+
+def run_conversion(
+    checkpoint: TraxCheckpoint,
+    spec: ReformerSpec,
+    output: Path,
+    *,
+    dtype: str | None = None,
+    max_shard_size: int | None = None,
+    force: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> ConversionResult:
+    """Convert ``checkpoint`` into ``output``; all or nothing."""
+    kind = output_kind_for(output)
+    if max_shard_size is not None and kind is not OutputKind.DIRECTORY:
+        raise UsageError("--max-shard-size needs a directory output (not .safetensors or .bin)")
+    conversion = plan_conversion(checkpoint, spec, kind, dtype=dtype, need_all_dtypes=max_shard_size is not None)
+    protected = (checkpoint.path, *checkpoint.weight_files)
+    with AtomicOutput(output, directory=kind is OutputKind.DIRECTORY, force=force, protected=protected) as target:
+        stream = _stream_tensors(checkpoint, spec, conversion, dtype)
+        if kind is OutputKind.TORCH_BIN:
+            from reformer_tools.hf import save_torch_state_dict
+
+            files = save_torch_state_dict(target.open(output.name), _reporting(stream, conversion, on_progress))
+        else:
+            files = _write_safetensors(checkpoint, spec, conversion, target, stream, max_shard_size, on_progress)
+        target.commit()
+    tensor_bytes = sum(size for name, size in files if name.endswith((".safetensors", ".bin")))
+    return ConversionResult(output, kind, tuple(files), len(conversion.tensors), tensor_bytes)
+
+
+def _reporting(
+    stream: Iterator[tuple[PlannedTensor, Array, str]], conversion: ConversionPlan, on_progress: ProgressCallback | None
+) -> Iterator[tuple[str, Array, str]]:
+    done_bytes = 0
+    for count, (tensor, array, dtype) in enumerate(stream, start=1):
+        yield tensor.hf_key, array, dtype
+        done_bytes += array.nbytes
+        if on_progress is not None:
+            on_progress(ProgressEvent(tensor.hf_key, count, len(conversion.tensors), done_bytes))
+
+
+def _metadata(checkpoint: TraxCheckpoint, final: bool) -> dict[str, str]:
+    metadata = {
+        "format": "pt",
+        "converted_by": f"reformer-tools {__version__}",
+        "trax_format": checkpoint.format.value,
+        "source_file": checkpoint.path.name,
+        "source_sha256": checkpoint.sha256.get(checkpoint.path.name, "") if final else _DIGEST_PLACEHOLDER,
+    }
+    for side in checkpoint.weight_files:
+        if side != checkpoint.path:
+            metadata[f"weights_sha256:{side.name}"] = (
+                checkpoint.sha256.get(side.name, "") if final else _DIGEST_PLACEHOLDER
+            )
+    if checkpoint.step is not None:
+        metadata["trax_step"] = str(checkpoint.step)
+    return metadata
+
+
+def _write_safetensors(
+    checkpoint: TraxCheckpoint,
+    spec: ReformerSpec,
+    conversion: ConversionPlan,
+    target: AtomicOutput,
+    stream: Iterator[tuple[PlannedTensor, Array, str]],
+    max_shard_size: int | None,
+    on_progress: ProgressCallback | None,
+) -> list[tuple[str, int]]:
+    specs = [TensorSpec(t.hf_key, t.target_shape, t.dtype) for t in conversion.tensors]
+    shards = split_shards(specs, max_shard_size) if max_shard_size is not None else [specs]
+    if conversion.kind is OutputKind.SAFETENSORS:
+        names = [target.target.name]
+    else:
+        names = shard_names(len(shards)) if max_shard_size is not None else ["model.safetensors"]
+    placeholder = _metadata(checkpoint, final=False)
+    writers = [
+        SafetensorsWriter(target.open(name), shard, placeholder) for name, shard in zip(names, shards, strict=True)
+    ]
+    shard_of = {spec.key: writers[i] for i, shard in enumerate(shards) for spec in shard}
+    written_dtypes = set()
+    for key, array, dtype in _reporting(stream, conversion, on_progress):
+        shard_of[key].write(key, array, dtype)
+        written_dtypes.add(dtype)
+    final = _metadata(checkpoint, final=True)
+    for writer in writers:
+        writer.finish(final)
+    files = [(name, 8 + writer.bytes_written) for name, writer in zip(names, writers, strict=True)]
+    if conversion.kind is OutputKind.DIRECTORY:
+        if len(shards) > 1:
+            total = sum(w.bytes_written for w in writers)
+            data = index_json(shards, names, total)
+            target.open("model.safetensors.index.json").write(data)
+            files.append(("model.safetensors.index.json", len(data)))
+        config = _config_json(spec, written_dtypes)
+        target.open("config.json").write(config)
+        files.append(("config.json", len(config)))
+    return files
+
+
+def _config_json(spec: ReformerSpec, dtypes: set[str]) -> bytes:
+    config = spec.to_config_dict()
+    if len(dtypes) == 1:
+        config["torch_dtype"] = dtypes.pop()
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")

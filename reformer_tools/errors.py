@@ -1,0 +1,64 @@
+"""Domain errors: each carries the exit code the command line reports for it."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Documented exit codes of every command."""
+
+    OK = 0
+    VERIFICATION_FAILED = 1
+    USAGE = 2
+    UNREADABLE = 3
+    UNSAFE = 4
+    OUTPUT = 5
+
+
+class ReformerToolsError(Exception):
+    """Base class. ``str(error)`` is the one line shown to the user."""
+
+    exit_code: ExitCode = ExitCode.UNREADABLE
+
+
+class UnreadableCheckpointError(ReformerToolsError):
+    """The checkpoint is missing, truncated, corrupt or not a Trax checkpoint."""
+
+    exit_code = ExitCode.UNREADABLE
+
+
+class UnsupportedLayoutError(ReformerToolsError):
+    """The checkpoint is readable, but Hugging Face's Reformer cannot represent it."""
+
+    exit_code = ExitCode.UNREADABLE
+
+
+class UnsafeCheckpointError(ReformerToolsError):
+    """The pickle asks for something outside the allow-list; nothing of it ran."""
+
+    exit_code = ExitCode.UNSAFE
+
+
+class ConfigError(ReformerToolsError):
+    """The model configuration (config.json or config.gin) is unusable."""
+
+    exit_code = ExitCode.USAGE
+
+
+class UsageError(ReformerToolsError):
+    """The command was asked for something it cannot do as stated."""
+
+    exit_code = ExitCode.USAGE
+
+
+class MappingError(ReformerToolsError):
+    """The checkpoint's arrays do not match the configuration."""
+
+    exit_code = ExitCode.VERIFICATION_FAILED
+
+
+class OutputError(ReformerToolsError):
+    """The output could not be written; nothing was left behind."""
+
+    exit_code = ExitCode.OUTPUT
