@@ -13,6 +13,7 @@ from rich.table import Table
 
 from reformer_tools._console import emit_json, err, format_bytes, note, out, sanitize, stderr_is_terminal
 from reformer_tools.commands._options import (
+    EXIT_CODES_HELP,
     checkpoint_argument,
     config_option,
     debug_option,
@@ -41,7 +42,7 @@ def _pick(name: str, new: Any, legacy: Any, legacy_name: str) -> Any:
     return new if new is not None else legacy
 
 
-@click.command()
+@click.command(epilog=EXIT_CODES_HELP)
 @checkpoint_argument(required=False)
 @config_option
 @click.option("--gin", "gin_path", type=click.Path(path_type=Path, dir_okay=False), help="A config.gin to read.")

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from reformer_tools._console import emit_json, format_bytes, note, out, sanitize, warn
 from reformer_tools.commands._options import (
+    EXIT_CODES_HELP,
     checkpoint_argument,
     config_option,
     debug_option,
@@ -25,7 +26,7 @@ from reformer_tools.loader import Leaf, TraxCheckpoint, load_checkpoint, scan_gl
 from reformer_tools.resolve import resolve_spec
 
 
-@click.command()
+@click.command(epilog=EXIT_CODES_HELP)
 @checkpoint_argument()
 @config_option
 @click.option("--gin", "gin_path", type=click.Path(path_type=Path, dir_okay=False), help="A config.gin to read.")

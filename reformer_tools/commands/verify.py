@@ -9,6 +9,7 @@ from rich.table import Table
 
 from reformer_tools._console import emit_json, note, out, sanitize
 from reformer_tools.commands._options import (
+    EXIT_CODES_HELP,
     checkpoint_argument,
     config_option,
     debug_option,
@@ -21,7 +22,7 @@ from reformer_tools.resolve import resolve_spec
 from reformer_tools.verification import VerifyReport, verify_checkpoint
 
 
-@click.command()
+@click.command(epilog=EXIT_CODES_HELP)
 @checkpoint_argument()
 @config_option
 @click.option("--gin", "gin_path", type=click.Path(path_type=Path, dir_okay=False), help="A config.gin to read.")
