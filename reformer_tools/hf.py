@@ -39,3 +39,22 @@ def save_torch_state_dict(
             file.tell(),
         )
     ]
+
+
+def load_torch_state_dict(path: Any) -> dict[str, tuple[npt.NDArray[Any], str]]:
+    """Read a ``.bin`` state_dict safely (``weights_only``) as numpy storage arrays."""
+    import torch
+
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files from torch < 1.6 are not zip archives and cannot be memory-mapped
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    arrays: dict[str, tuple[npt.NDArray[Any], str]] = {}
+    for key, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{key!r} is a {type(tensor).__name__}, not a tensor")
+        if tensor.dtype == torch.bfloat16:
+            arrays[key] = (tensor.contiguous().view(torch.int16).numpy().view(np.uint16), "bfloat16")
+        else:
+            arrays[key] = (tensor.contiguous().numpy(), str(tensor.dtype).removeprefix("torch."))
+    return arrays

@@ -1,13 +1,117 @@
-"""Verification reports: the checkpoint against its config (and, later, outputs and numerics)."""
+"""Verification: the checkpoint against its config, its arrays' health, and a converted output.
+
+One pass over the source arrays computes each array's audit (NaN, Inf,
+all-zero) and, when a converted model is given, compares every tensor it
+should hold with the mapper's transform of the source, value by value.
+Everything found is collected; nothing stops at the first problem.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
 
-from reformer_tools.loader import TraxCheckpoint
-from reformer_tools.mapper import Alignment, align
-from reformer_tools.spec import ReformerSpec
+import numpy as np
+import numpy.typing as npt
+
+from reformer_tools.convert import OUTPUT_DTYPES, cast
+from reformer_tools.converted import ConvertedModel
+from reformer_tools.errors import ConfigError
+from reformer_tools.loader import Leaf, TraxCheckpoint, as_float32
+from reformer_tools.mapper import Alignment, Assignment, align, hf_shapes
+from reformer_tools.spec import ReformerSpec, spec_from_dict
+
+#: Config fields that change the weights' shapes or the forward pass.
+NUMERIC_FIELDS: Final = (
+    "hidden_act",
+    "layer_norm_eps",
+    "local_attn_chunk_length",
+    "local_num_chunks_before",
+    "local_num_chunks_after",
+    "lsh_attn_chunk_length",
+    "lsh_num_chunks_before",
+    "lsh_num_chunks_after",
+    "num_hashes",
+    "num_buckets",
+    "is_decoder",
+)
+SHAPE_FIELDS: Final = (
+    "vocab_size",
+    "hidden_size",
+    "num_attention_heads",
+    "attention_head_size",
+    "feed_forward_size",
+    "attn_layers",
+    "axial_pos_embds",
+    "axial_pos_shape",
+    "axial_pos_embds_dim",
+    "max_position_embeddings",
+)
+
+
+@dataclass(frozen=True)
+class ArrayAudit:
+    """Health of one source array."""
+
+    path: str
+    hf_key: str | None
+    dtype: str
+    nan: int
+    inf: int
+    all_zero: bool
+    zero_is_suspicious: bool  # weights and scales; zero biases are normal at init
+
+    @property
+    def ok(self) -> bool:
+        return not (self.nan or self.inf or (self.all_zero and self.zero_is_suspicious))
+
+
+Status = Literal["equal", "different", "shape", "dtype", "missing"]
+
+
+@dataclass(frozen=True)
+class TensorComparison:
+    hf_key: str
+    trax_path: str
+    status: Status
+    max_abs_diff: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class ConvertedReport:
+    path: str
+    comparisons: list[TensorComparison] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    config_differences: list[str] = field(default_factory=list)
+    config_problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            all(c.status == "equal" for c in self.comparisons)
+            and not self.unexpected
+            and not self.config_problems
+            and not any(d.startswith(SHAPE_FIELDS) for d in self.config_differences)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "compared": len(self.comparisons),
+            "equal": sum(c.status == "equal" for c in self.comparisons),
+            "differences": [
+                {"hf_key": c.hf_key, "trax_path": c.trax_path, "status": c.status, "max_abs_diff": c.max_abs_diff}
+                | ({"detail": c.detail} if c.detail else {})
+                for c in self.comparisons
+                if c.status != "equal"
+            ],
+            "unexpected": self.unexpected,
+            "config_differences": self.config_differences,
+            "config_problems": self.config_problems,
+        }
 
 
 @dataclass
@@ -15,10 +119,22 @@ class VerifyReport:
     checkpoint: str
     config_source: str
     alignment: Alignment
+    audits: list[ArrayAudit] = field(default_factory=list)
+    converted: ConvertedReport | None = None
+    numerics: Any = None  # reformer_tools.numerics.NumericsReport when --numerics ran
+
+    @property
+    def failed_audits(self) -> list[ArrayAudit]:
+        return [audit for audit in self.audits if not audit.ok]
 
     @property
     def ok(self) -> bool:
-        return self.alignment.ok
+        return (
+            self.alignment.ok
+            and not self.failed_audits
+            and (self.converted is None or self.converted.ok)
+            and (self.numerics is None or self.numerics.ok)
+        )
 
     @property
     def tensor_count(self) -> int:
@@ -26,6 +142,9 @@ class VerifyReport:
 
     def to_json(self) -> dict[str, Any]:
         alignment = self.alignment
+        dtypes: dict[str, int] = {}
+        for audit in self.audits:
+            dtypes[audit.dtype] = dtypes.get(audit.dtype, 0) + 1
         return {
             "ok": self.ok,
             "checkpoint": self.checkpoint,
@@ -38,9 +157,125 @@ class VerifyReport:
             "unused": [leaf.path for leaf in alignment.unused],
             "unsupported": list(alignment.problems),
             "notes": list(alignment.notes),
+            "arrays": {
+                "count": len(self.audits),
+                "dtypes": dtypes,
+                "nan": [{"path": a.path, "hf_key": a.hf_key, "count": a.nan} for a in self.audits if a.nan],
+                "inf": [{"path": a.path, "hf_key": a.hf_key, "count": a.inf} for a in self.audits if a.inf],
+                "all_zero": [
+                    {"path": a.path, "hf_key": a.hf_key, "suspicious": a.zero_is_suspicious}
+                    for a in self.audits
+                    if a.all_zero
+                ],
+            },
+            "converted": None if self.converted is None else self.converted.to_json(),
+            "numerics": None if self.numerics is None else self.numerics.to_json(),
         }
 
 
-def verify_checkpoint(checkpoint: TraxCheckpoint, spec: ReformerSpec, config_source: str) -> VerifyReport:
-    """Every array's shape against what the config implies, every disagreement at once."""
-    return VerifyReport(str(checkpoint.path), config_source, align(spec, checkpoint.leaves))
+def audit_array(leaf: Leaf, array: npt.NDArray[Any], assignment: Assignment | None) -> ArrayAudit:
+    """Count NaN/Inf and detect all-zero arrays, without copying large arrays twice."""
+    values = as_float32(array, leaf.dtype) if leaf.dtype == "bfloat16" else array
+    if values.dtype.kind == "f":
+        nan = int(np.count_nonzero(np.isnan(values)))
+        inf = int(np.count_nonzero(np.isinf(values)))
+    else:
+        nan = inf = 0
+    all_zero = values.size > 0 and not np.any(values)
+    role = assignment.slot.role if assignment is not None else ""
+    return ArrayAudit(
+        leaf.path,
+        assignment.slot.hf_key if assignment is not None else None,
+        leaf.dtype,
+        nan,
+        inf,
+        bool(all_zero),
+        zero_is_suspicious="bias" not in role,
+    )
+
+
+def compare_tensor(
+    assignment: Assignment, key: str, source: npt.NDArray[Any], converted: ConvertedModel
+) -> TensorComparison:
+    """The converted tensor against the transform (and cast) of its source, bit for bit."""
+    path = assignment.leaf.path
+    stored = converted.tensors.get(key)
+    if stored is None:
+        return TensorComparison(key, path, "missing")
+    expected = assignment.slot.transform.apply(source)
+    if stored.shape != tuple(expected.shape):
+        return TensorComparison(key, path, "shape", detail=f"{list(stored.shape)} instead of {list(expected.shape)}")
+    detail = ""
+    if stored.dtype != assignment.leaf.dtype:
+        if stored.dtype not in OUTPUT_DTYPES:
+            return TensorComparison(key, path, "dtype", detail=f"{stored.dtype} instead of {assignment.leaf.dtype}")
+        expected = cast(expected, assignment.leaf.dtype, stored.dtype)
+        detail = f"compared after casting {assignment.leaf.dtype} to {stored.dtype}"
+    actual = converted.load(key)
+    if _bitwise_equal(expected, actual):
+        return TensorComparison(key, path, "equal", 0.0, detail)
+    diff = np.abs(as_float32(actual, stored.dtype).astype(np.float64) - as_float32(expected, stored.dtype))
+    return TensorComparison(key, path, "different", float(np.nanmax(diff)) if diff.size else 0.0, detail)
+
+
+def _bitwise_equal(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
+    if a.shape != b.shape or a.dtype.itemsize != b.dtype.itemsize:
+        return False
+    view = np.dtype(f"u{a.dtype.itemsize}")
+    return bool(np.array_equal(np.ascontiguousarray(a).view(view), np.ascontiguousarray(b).view(view)))
+
+
+def check_converted_config(converted: ConvertedModel, spec: ReformerSpec, report: ConvertedReport) -> None:
+    """The output's config.json must describe its own tensors and agree with the checkpoint's config."""
+    if converted.config is None:
+        if converted.path.is_dir():
+            report.config_problems.append("the output directory has no config.json")
+        return
+    try:
+        own = spec_from_dict(converted.config)
+    except ConfigError as error:
+        report.config_problems.append(f"its config.json is invalid: {error}")
+        return
+    shapes = hf_shapes(own)
+    for key, stored in converted.tensors.items():
+        if key in shapes and shapes[key] != stored.shape:
+            report.config_problems.append(
+                f"its config.json implies {key} is {list(shapes[key])}, the file holds {list(stored.shape)}"
+            )
+    for name in (*SHAPE_FIELDS, *NUMERIC_FIELDS):
+        mine, theirs = getattr(spec, name), getattr(own, name)
+        if mine != theirs:
+            report.config_differences.append(f"{name}: {theirs!r} in the output, {mine!r} in the verified config")
+
+
+def verify_checkpoint(
+    checkpoint: TraxCheckpoint,
+    spec: ReformerSpec,
+    config_source: str,
+    converted: ConvertedModel | None = None,
+    *,
+    on_array: Callable[[Leaf, npt.NDArray[Any]], None] | None = None,
+) -> VerifyReport:
+    """Shapes, array health and (optionally) a converted output, all in one pass.
+
+    ``on_array`` sees every source array as it streams by (used to collect the
+    float32 weights for ``--numerics`` without reading a side file twice).
+    """
+    alignment = align(spec, checkpoint.leaves)
+    report = VerifyReport(str(checkpoint.path), config_source, alignment)
+    by_leaf = {a.leaf.index: a for a in alignment.assignments}
+    if converted is not None:
+        report.converted = ConvertedReport(str(converted.path))
+        check_converted_config(converted, spec, report.converted)
+    for leaf, array in checkpoint.iter_arrays():
+        assignment = by_leaf.get(leaf.index)
+        report.audits.append(audit_array(leaf, array, assignment))
+        if converted is not None and report.converted is not None and assignment is not None:
+            for key in assignment.slot.hf_keys:
+                report.converted.comparisons.append(compare_tensor(assignment, key, array, converted))
+        if on_array is not None:
+            on_array(leaf, array)
+    if converted is not None and report.converted is not None:
+        expected = {key for a in alignment.assignments for key in a.slot.hf_keys}
+        report.converted.unexpected = sorted(set(converted.tensors) - expected)
+    return report

@@ -16,6 +16,7 @@ from reformer_tools.commands._options import (
     json_option,
     max_decompressed_option,
 )
+from reformer_tools.converted import open_converted
 from reformer_tools.errors import ExitCode
 from reformer_tools.loader import load_checkpoint
 from reformer_tools.resolve import resolve_spec
@@ -24,23 +25,33 @@ from reformer_tools.verification import VerifyReport, verify_checkpoint
 
 @click.command(epilog=EXIT_CODES_HELP)
 @checkpoint_argument()
+@click.argument("converted", required=False, type=click.Path(path_type=Path, exists=False), metavar="[CONVERTED]")
 @config_option
 @click.option("--gin", "gin_path", type=click.Path(path_type=Path, dir_okay=False), help="A config.gin to read.")
 @json_option
 @max_decompressed_option
 @debug_option
 def verify(
-    checkpoint: Path, config_path: Path | None, gin_path: Path | None, as_json: bool, max_decompressed: int | None
+    checkpoint: Path,
+    converted: Path | None,
+    config_path: Path | None,
+    gin_path: Path | None,
+    as_json: bool,
+    max_decompressed: int | None,
 ) -> None:
-    """Check every array of a checkpoint against a config, all at once.
+    """Check a checkpoint against its config, and a converted model against both.
 
-    Reports every shape mismatch, every Hugging Face tensor with no array and
-    every array with no tensor in one table, and names layouts Hugging Face's
-    Reformer cannot represent. Exit code 1 if anything disagrees.
+    Reports in one go: every shape mismatch, every Hugging Face tensor with no
+    array and every array with no tensor; layouts Hugging Face's Reformer cannot
+    represent; arrays holding NaN or Inf, and all-zero weights. Given CONVERTED
+    (a model directory, .safetensors or .bin), every tensor in it is compared
+    with its source array value by value, and its config.json with the weights.
+    Exit code 1 if anything fails.
 
     \b
     Examples:
       reformer-tools verify model.pkl.gz --config config.json
+      reformer-tools verify model.pkl.gz reformer-hf/ --config config.json
       reformer-tools verify model.pkl.gz --config config.json --json
     """
     loaded = load_checkpoint(checkpoint, max_decompressed=max_decompressed)
@@ -48,7 +59,8 @@ def verify(
     assert resolved is not None
     for message in resolved.messages:
         note(message)
-    report = verify_checkpoint(loaded, resolved.spec, resolved.source)
+    output = open_converted(converted) if converted is not None else None
+    report = verify_checkpoint(loaded, resolved.spec, resolved.source, output)
     if as_json:
         emit_json(report.to_json())
     else:
@@ -75,13 +87,50 @@ def _render(report: VerifyReport) -> None:
         out.print(f"[bold red]unsupported:[/] {sanitize(problem)}")
     for text in alignment.notes:
         out.print(f"note: {sanitize(text)}")
+    _render_audits(report)
+    if report.converted is not None:
+        _render_converted(report)
     if report.ok:
-        out.print(
-            f"[bold green]ok[/]: all {len(alignment.assignments)} arrays match the config "
-            f"({report.tensor_count} Hugging Face tensors)"
-        )
+        checks = f"all {len(alignment.assignments)} arrays match the config and are finite"
+        if report.converted is not None:
+            checks += f"; all {len(report.converted.comparisons)} converted tensors equal their source"
+        out.print(f"[bold green]ok[/]: {checks}")
     else:
         out.print(
             f"[bold red]failed[/]: {len(alignment.mismatches)} shape mismatches, {len(alignment.missing)} missing, "
-            f"{len(alignment.unused)} unused, {len(alignment.problems)} unsupported"
+            f"{len(alignment.unused)} unused, {len(alignment.problems)} unsupported, "
+            f"{len(report.failed_audits)} unhealthy arrays"
+            + ("" if report.converted is None or report.converted.ok else ", converted output differs")
         )
+
+
+def _render_audits(report: VerifyReport) -> None:
+    dtypes = sorted({audit.dtype for audit in report.audits})
+    out.print(f"arrays: {len(report.audits)}, dtype {', '.join(dtypes)}")
+    for audit in report.audits:
+        where = sanitize(audit.path) + (f" ({audit.hf_key})" if audit.hf_key else "")
+        if audit.nan or audit.inf:
+            out.print(f"  [red]non-finite[/] {where}: {audit.nan} NaN, {audit.inf} Inf")
+        if audit.all_zero:
+            verdict = "[red]all zero[/]" if audit.zero_is_suspicious else "all zero (a bias; normal before training)"
+            out.print(f"  {verdict} {where}")
+
+
+def _render_converted(report: VerifyReport) -> None:
+    converted = report.converted
+    assert converted is not None
+    equal = sum(c.status == "equal" for c in converted.comparisons)
+    out.print(f"converted model {sanitize(converted.path)}: {equal} of {len(converted.comparisons)} tensors equal")
+    for comparison in converted.comparisons:
+        if comparison.status != "equal":
+            diff = "" if comparison.max_abs_diff is None else f", max abs diff {comparison.max_abs_diff:.3g}"
+            detail = f" ({comparison.detail})" if comparison.detail else ""
+            out.print(
+                f"  [red]{comparison.status}[/] {comparison.hf_key} <- {sanitize(comparison.trax_path)}{diff}{detail}"
+            )
+    for key in converted.unexpected:
+        out.print(f"  [red]unexpected[/] {sanitize(key)}")
+    for problem in converted.config_problems:
+        out.print(f"  [red]config[/] {sanitize(problem)}")
+    for difference in converted.config_differences:
+        out.print(f"  config differs: {sanitize(difference)}")

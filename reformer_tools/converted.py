@@ -1,0 +1,135 @@
+"""Read a converted model back: a Hugging Face directory, a .safetensors file or a .bin.
+
+safetensors files are parsed here (header checked, data memory-mapped), so
+reading a converted model needs neither torch nor the file in memory; only a
+``.bin`` goes through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from reformer_tools.errors import UnreadableCheckpointError
+from reformer_tools.safetensors_writer import SAFETENSORS_DTYPES, read_header
+
+_NUMPY_STORAGE: Final = {
+    "F64": ("float64", "<f8"),
+    "F32": ("float32", "<f4"),
+    "F16": ("float16", "<f2"),
+    "BF16": ("bfloat16", "<u2"),
+    "I64": ("int64", "<i8"),
+    "I32": ("int32", "<i4"),
+    "I16": ("int16", "<i2"),
+    "I8": ("int8", "i1"),
+    "U8": ("uint8", "u1"),
+    "BOOL": ("bool", "?"),
+}
+assert set(_NUMPY_STORAGE) == set(SAFETENSORS_DTYPES.values())
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where one tensor lives: file, dtype, shape, byte range (or an array, for .bin)."""
+
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int = 0
+    end: int = 0
+    array: npt.NDArray[Any] | None = field(default=None, repr=False)
+
+
+@dataclass
+class ConvertedModel:
+    """A converted model's tensors and, for a directory, its config.json."""
+
+    path: Path
+    tensors: dict[str, StoredTensor]
+    config: dict[str, Any] | None
+
+    def load(self, key: str) -> npt.NDArray[Any]:
+        """The tensor's storage array (bfloat16 as uint16), memory-mapped when possible."""
+        stored = self.tensors[key]
+        if stored.array is not None:
+            return stored.array
+        storage = np.dtype(_NUMPY_STORAGE[_safetensors_name(stored.dtype)][1])
+        count = math.prod(stored.shape)
+        if count == 0:
+            return np.empty(stored.shape, dtype=storage)
+        mapped = np.memmap(stored.file, dtype=storage, mode="r", offset=stored.start, shape=(count,))
+        return mapped.reshape(stored.shape)
+
+    def items(self) -> Iterator[tuple[str, StoredTensor]]:
+        yield from self.tensors.items()
+
+
+def _safetensors_name(dtype: str) -> str:
+    return SAFETENSORS_DTYPES[dtype]
+
+
+def open_converted(path: Path) -> ConvertedModel:
+    """Open a converted model; errors name the file and what is wrong."""
+    try:
+        if path.is_dir():
+            return _open_directory(path)
+        if path.suffix == ".bin":
+            return ConvertedModel(path, _read_bin(path), None)
+        return ConvertedModel(path, _read_safetensors(path), None)
+    except (OSError, ValueError) as error:
+        raise UnreadableCheckpointError(f"{path}: cannot read the converted model ({error})") from None
+
+
+def _open_directory(path: Path) -> ConvertedModel:
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else None
+    index = path / "model.safetensors.index.json"
+    tensors: dict[str, StoredTensor] = {}
+    if index.exists():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        for shard in sorted(set(weight_map.values())):
+            tensors.update(_read_safetensors(path / shard))
+    elif (path / "model.safetensors").exists():
+        tensors = _read_safetensors(path / "model.safetensors")
+    elif (path / "pytorch_model.bin").exists():
+        tensors = _read_bin(path / "pytorch_model.bin")
+    else:
+        raise ValueError("no model.safetensors, model.safetensors.index.json or pytorch_model.bin in it")
+    return ConvertedModel(path, tensors, config)
+
+
+def _read_safetensors(path: Path) -> dict[str, StoredTensor]:
+    with open(path, "rb") as file:
+        data_start, header = read_header(file)
+    size = path.stat().st_size
+    by_name = {name: logical for logical, name in SAFETENSORS_DTYPES.items()}
+    tensors = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        dtype = by_name.get(entry.get("dtype"))
+        if dtype is None:
+            raise ValueError(f"tensor {key!r} has an unknown dtype {entry.get('dtype')!r}")
+        shape = tuple(entry["shape"])
+        start, end = (data_start + offset for offset in entry["data_offsets"])
+        itemsize = np.dtype(_NUMPY_STORAGE[entry["dtype"]][1]).itemsize
+        if end - start != math.prod(shape) * itemsize or end > size:
+            raise ValueError(f"tensor {key!r}: its byte range does not match its shape")
+        tensors[key] = StoredTensor(path, dtype, shape, start, end)
+    return tensors
+
+
+def _read_bin(path: Path) -> dict[str, StoredTensor]:
+    from reformer_tools.hf import load_torch_state_dict
+
+    return {
+        key: StoredTensor(path, dtype, tuple(array.shape), array=array)
+        for key, (array, dtype) in load_torch_state_dict(path).items()
+    }
