@@ -93,7 +93,7 @@ class ConvertedReport:
             all(c.status == "equal" for c in self.comparisons)
             and not self.unexpected
             and not self.config_problems
-            and not any(d.startswith(SHAPE_FIELDS) for d in self.config_differences)
+            and not self.config_differences
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -45,7 +45,8 @@ def verify(
     array and every array with no tensor; layouts Hugging Face's Reformer cannot
     represent; arrays holding NaN or Inf, and all-zero weights. Given CONVERTED
     (a model directory, .safetensors or .bin), every tensor in it is compared
-    with its source array value by value, and its config.json with the weights.
+    with its source array value by value, and its config.json with the weights
+    and with --config (without --config, a directory's own config.json is used).
     Exit code 1 if anything fails.
 
     \b
@@ -55,11 +56,14 @@ def verify(
       reformer-tools verify model.pkl.gz --config config.json --json
     """
     loaded = load_checkpoint(checkpoint, max_decompressed=max_decompressed)
+    output = open_converted(converted) if converted is not None else None
+    if config_path is None and output is not None and output.config is not None:
+        # The converted model runs with its own config.json: verify against exactly that.
+        config_path = output.path / "config.json"
     resolved = resolve_spec(loaded, config_path, gin_path, required=True)
     assert resolved is not None
     for message in resolved.messages:
         note(message)
-    output = open_converted(converted) if converted is not None else None
     report = verify_checkpoint(loaded, resolved.spec, resolved.source, output)
     if as_json:
         emit_json(report.to_json())
