@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,6 +25,7 @@ from reformer_tools.errors import MappingError, ReformerToolsError, UsageError
 from reformer_tools.loader import Leaf, TraxCheckpoint, as_float32, dtype_itemsize
 from reformer_tools.mapper import TRANSFORMS, expected_slots, plan
 from reformer_tools.output import AtomicOutput
+from reformer_tools.prefetch import prefetch
 from reformer_tools.safetensors_writer import (
     SafetensorsWriter,
     TensorSpec,
@@ -39,7 +40,7 @@ OUTPUT_DTYPES: Final = ("float32", "float16", "bfloat16")
 _DIGEST_PLACEHOLDER: Final = "0" * 64
 
 
-class OutputKind(StrEnum):
+class OutputKind(str, Enum):
     DIRECTORY = "directory"
     SAFETENSORS = "safetensors"
     TORCH_BIN = "bin"
@@ -248,7 +249,8 @@ def run_conversion(
     conversion = plan_conversion(checkpoint, spec, kind, dtype=dtype, need_all_dtypes=max_shard_size is not None)
     protected = (checkpoint.path, *checkpoint.weight_files)
     with AtomicOutput(output, directory=kind is OutputKind.DIRECTORY, force=force, protected=protected) as target:
-        stream = _stream_tensors(checkpoint, spec, conversion, dtype)
+        # Read and transform the next tensor while this one is written.
+        stream = prefetch(_stream_tensors(checkpoint, spec, conversion, dtype))
         if kind is OutputKind.TORCH_BIN:
             from reformer_tools.hf import save_torch_state_dict
 
@@ -272,18 +274,17 @@ def _reporting(
 
 
 def _metadata(checkpoint: TraxCheckpoint, final: bool) -> dict[str, str]:
+    digests = checkpoint.digests() if final else {}
     metadata = {
         "format": "pt",
         "converted_by": f"reformer-tools {__version__}",
         "trax_format": checkpoint.format.value,
         "source_file": checkpoint.path.name,
-        "source_sha256": checkpoint.sha256.get(checkpoint.path.name, "") if final else _DIGEST_PLACEHOLDER,
+        "source_sha256": digests.get(checkpoint.path.name, _DIGEST_PLACEHOLDER),
     }
     for side in checkpoint.weight_files:
         if side != checkpoint.path:
-            metadata[f"weights_sha256:{side.name}"] = (
-                checkpoint.sha256.get(side.name, "") if final else _DIGEST_PLACEHOLDER
-            )
+            metadata[f"weights_sha256:{side.name}"] = digests.get(side.name, _DIGEST_PLACEHOLDER)
     if checkpoint.step is not None:
         metadata["trax_step"] = str(checkpoint.step)
     return metadata

@@ -13,16 +13,14 @@ tensorflow is imported, and no pickle is ever handed to :mod:`pickle`.
 from __future__ import annotations
 
 import ast
-import gzip
 import hashlib
 import io
 import math
 import os
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -35,6 +33,7 @@ from reformer_tools.errors import (
     UnreadableCheckpointError,
     UnsafeCheckpointError,
 )
+from reformer_tools.gzip_stream import GzipError, GzipReader
 from reformer_tools.safe_pickle import BFloat16Array, ShapeDtype, TraxHistory
 
 #: Default cap on decompressed bytes: generous for real checkpoints (float
@@ -50,7 +49,7 @@ _MAX_NPY_HEADER: Final = 10_000  # numpy's own limit for untrusted headers
 Array = npt.NDArray[Any]
 
 
-class CheckpointFormat(StrEnum):
+class CheckpointFormat(str, Enum):
     """The container a checkpoint came in. Values appear in ``--json`` output."""
 
     PICKLE_TREE = "pickle-weights-tree"
@@ -116,6 +115,13 @@ class TraxCheckpoint:
         assert self._leaves is not None
         return self._leaves
 
+    def digests(self) -> dict[str, str]:
+        """sha256 of the checkpoint and its weight files, hashing any not hashed while loading."""
+        for file in (self.path, *self.weight_files):
+            if file.name not in self.sha256:
+                self.sha256[file.name] = _hash_file(file)
+        return dict(self.sha256)
+
     @property
     def leaves_known(self) -> bool:
         """Whether ``leaves`` is available without reading the side file again."""
@@ -172,6 +178,15 @@ class _HashingReader(io.RawIOBase):
             self.digest.update(memoryview(buffer)[:n])
         return int(n or 0)
 
+    def seekable(self) -> bool:
+        return bool(self._raw.seekable())
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return int(self._raw.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._raw.tell())
+
     def drain(self) -> None:
         while self._raw.read(_CHUNK):
             pass  # hashing happens in readinto; read() goes through it too
@@ -184,12 +199,16 @@ class _HashingReader(io.RawIOBase):
 class _Source:
     """Bounded, exact reads from a plain or gzip stream (see safe_pickle.ByteSource)."""
 
-    def __init__(self, stream: BinaryIO, *, name: str, limit: int, compressed: bool, limit_note: str) -> None:
+    def __init__(
+        self, stream: BinaryIO, *, name: str, limit: int, compressed: bool, limit_note: str, mapped: Path | None = None
+    ) -> None:
         self._stream = stream
         self.name = name
         self._limit = limit
         self._compressed = compressed
         self._limit_note = limit_note
+        self._mapped = mapped  # a plain file: large payloads are memory-mapped, not read
+        self.skipped = False  # some bytes were mapped instead of read (and hashed)
         self.consumed = 0
 
     def _claim(self, n: int) -> None:
@@ -216,6 +235,14 @@ class _Source:
 
     def read_payload(self, n: int) -> npt.NDArray[np.uint8]:
         self._claim(n)
+        if self._mapped is not None and n:
+            # Pages are read only when a tensor is converted, and freed with it:
+            # converting a plain pickle holds about one tensor in memory.
+            mapped = np.memmap(self._mapped, dtype=np.uint8, mode="r", offset=self.consumed, shape=(n,))
+            self._stream.seek(n, io.SEEK_CUR)
+            self.consumed += n
+            self.skipped = True
+            return mapped
         # np.empty does not touch its pages, so a lying length costs nothing
         # until data really arrives.
         buffer = np.empty(n, dtype=np.uint8)
@@ -262,10 +289,19 @@ def _gzip_errors() -> Iterator[None]:
     """Turn the gzip module's failures into one readable error."""
     try:
         yield
-    except EOFError:
-        raise UnreadableCheckpointError("truncated gzip stream (it ends before its end marker)") from None
-    except (gzip.BadGzipFile, zlib.error) as error:
-        raise UnreadableCheckpointError(f"corrupt gzip data ({error})") from None
+    except GzipError as error:
+        raise UnreadableCheckpointError(str(error)) from None
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            while chunk := file.read(_CHUNK):
+                digest.update(chunk)
+    except OSError as error:
+        raise UnreadableCheckpointError(f"{path}: {error.strerror or error}") from None
+    return digest.hexdigest()
 
 
 def _format_bytes(n: int) -> str:
@@ -286,8 +322,10 @@ class _OpenFile:
     head: bytes  # first decompressed bytes, for sniffing
     compressed: bool
 
-    def finish(self) -> str:
-        """Hash the rest of the file and return its sha256."""
+    def finish(self) -> str | None:
+        """The file's sha256, if every byte went through the hash (else None)."""
+        if self.source.skipped:
+            return None
         self.hasher.drain()
         return self.hasher.digest.hexdigest()
 
@@ -295,8 +333,11 @@ class _OpenFile:
         self.hasher.close()
 
 
-def _open(path: Path, max_decompressed: int | None) -> _OpenFile:
-    """Open a file for bounded reading; gzip is detected by its magic bytes."""
+def _open(path: Path, max_decompressed: int | None, *, map_payloads: bool = False) -> _OpenFile:
+    """Open a file for bounded reading; gzip is detected by its magic bytes.
+
+    ``map_payloads``: in a plain (uncompressed) file, memory-map large payloads.
+    """
     try:
         raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by _OpenFile.close
     except IsADirectoryError:
@@ -325,12 +366,12 @@ def _open(path: Path, max_decompressed: int | None) -> _OpenFile:
                 if max_decompressed is not None
                 else f"{DEFAULT_MAX_RATIO}x the file size; raise it with --max-decompressed-size for a real checkpoint"
             )
-            stream: BinaryIO = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
-            buffered_stream = io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[type-var]
+            buffered_stream = io.BufferedReader(GzipReader(buffered), buffer_size=1 << 20)
             source = _Source(buffered_stream, name=path.name, limit=limit, compressed=True, limit_note=note)
             head = source.peek(8)
         else:
-            source = _Source(buffered, name=path.name, limit=size, compressed=False, limit_note="")
+            mapped = path if map_payloads else None
+            source = _Source(buffered, name=path.name, limit=size, compressed=False, limit_note="", mapped=mapped)
             head = source.peek(8)
         return _OpenFile(source, hasher, head, compressed)
     except BaseException:
@@ -389,7 +430,7 @@ def _with_file(error: ReformerToolsError, path: Path) -> ReformerToolsError:
 
 
 def _load(path: Path, max_decompressed: int | None) -> TraxCheckpoint:
-    opened = _open(path, max_decompressed)
+    opened = _open(path, max_decompressed, map_payloads=True)
     try:
         head = opened.head
         if head.startswith(_NPY_MAGIC):
@@ -404,7 +445,8 @@ def _load(path: Path, max_decompressed: int | None) -> TraxCheckpoint:
     finally:
         opened.close()
     checkpoint = _interpret(path, obj, max_decompressed, compressed=opened.compressed)
-    checkpoint.sha256[path.name] = digest
+    if digest is not None:
+        checkpoint.sha256[path.name] = digest
     return checkpoint
 
 
@@ -530,12 +572,14 @@ def _sharded_checkpoint(
     digests: dict[str, str] = {}
     for shard in shards:
         try:
-            opened = _open(shard, max_decompressed)
+            opened = _open(shard, max_decompressed, map_payloads=True)
             try:
                 if not _is_pickle(opened.head):
                     raise UnreadableCheckpointError(f"not a pickle ({_sniff(opened.head)})")
                 obj = safe_pickle.Machine(opened.source).load()
-                digests[shard.name] = opened.finish()
+                digest = opened.finish()
+                if digest is not None:
+                    digests[shard.name] = digest
             finally:
                 opened.close()
             if not isinstance(obj, list | tuple):
@@ -600,7 +644,9 @@ def _stream_npy_records(checkpoint: TraxCheckpoint, *, headers_only: bool) -> It
                     array = _native(array)
                 yield leaf, array
                 index += 1
-            checkpoint.sha256[side.name] = opened.finish()
+            digest = opened.finish()
+            if digest is not None:
+                checkpoint.sha256[side.name] = digest
         finally:
             opened.close()
     except ReformerToolsError as error:

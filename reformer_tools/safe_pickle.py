@@ -455,17 +455,25 @@ class Machine:
         """Run the pickle to its STOP opcode and return the object it made."""
         read = self._source.read_exact
         dispatch = self._dispatch
-        while True:
-            code = read(1)
-            self._position += 1
-            handler = dispatch.get(code[0])
-            if handler is None:
-                raise CorruptPickle(f"unknown pickle opcode 0x{code[0]:02x}")
-            if handler():
-                result = self._pop()
-                if isinstance(result, _Pending):
-                    raise CorruptPickle(f"{result.what} was never given its state")
-                return result
+        try:
+            while True:
+                code = read(1)
+                self._position += 1
+                handler = dispatch.get(code[0])
+                if handler is None:
+                    raise CorruptPickle(f"unknown pickle opcode 0x{code[0]:02x}")
+                if handler():
+                    result = self._pop()
+                    if isinstance(result, _Pending):
+                        raise CorruptPickle(f"{result.what} was never given its state")
+                    return result
+        finally:
+            # The dispatch table's bound methods make the machine a reference cycle;
+            # drop what it holds now, so arrays are freed as soon as callers release them.
+            self._memo.clear()
+            self._stack.clear()
+            self._marks.clear()
+            self._pending_memo.clear()
 
     def scan(self) -> list[GlobalReference]:
         """Run the pickle without building anything; return every global it names."""

@@ -215,7 +215,7 @@ def _show_result(
                 "files": [{"name": name, "bytes": size} for name, size in result.files],
                 "tensors": result.tensors,
                 "seconds": round(seconds, 3),
-                "sha256": checkpoint.sha256,
+                "sha256": checkpoint.digests(),
             }
         )
         return

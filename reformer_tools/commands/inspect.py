@@ -123,7 +123,7 @@ def _document(
         ],
         "metadata": {item.key: item.summary for item in checkpoint.metadata},
         "weight_files": [str(p) for p in checkpoint.weight_files],
-        "sha256": checkpoint.sha256,
+        "sha256": checkpoint.digests(),
     }
 
 
