@@ -1,19 +1,25 @@
-"""A gzip reader built for large checkpoints: big chunks, optional ISA-L, strict trailers.
+"""A gzip reader built for large checkpoints: a worker thread, big chunks, optional ISA-L.
 
-``gzip.GzipFile`` inflates in ~8 KiB steps through several Python layers; on a
-600 MB checkpoint that overhead is a second of its own. This reader feeds the
-decompressor multi-megabyte chunks, uses ISA-L's inflate (python-isal, about
-twice as fast as zlib) when it is installed, checks every member's CRC and
-length (the decompressor does, in gzip mode), and reads concatenated members
-like ``gzip`` does.
+``gzip.GzipFile`` inflates in ~8 KiB steps through several Python layers, in
+the caller's thread. This reader inflates in a worker thread (zlib and ISA-L
+release the GIL), a few megabytes ahead of the consumer, so reading the file,
+hashing it and inflating overlap with whatever the caller does with the bytes.
+It uses ISA-L's inflate (python-isal, about twice as fast as zlib) when
+installed, checks every member's CRC and length (the decompressor does, in gzip
+mode), and reads concatenated members and trailing zero padding like ``gzip``.
 """
 
 from __future__ import annotations
 
 import io
+import queue
+import threading
+import types
 import zlib
+from collections.abc import Iterator
 from typing import Any, BinaryIO, Final
 
+_inflate_module: types.ModuleType
 try:  # ISA-L: the same API as zlib, faster inflate
     from isal import isal_zlib as _inflate_module
 except ImportError:  # pragma: no cover - exercised where isal has no wheel
@@ -21,6 +27,8 @@ except ImportError:  # pragma: no cover - exercised where isal has no wheel
 
 _GZIP_WBITS: Final = 31  # zlib: expect a gzip header and trailer
 _CHUNK: Final = 4 << 20
+_AHEAD: Final = 4  # decompressed pieces queued ahead of the consumer (~16 MiB)
+_POLL: Final = 0.1
 
 INFLATE_BACKEND: Final = "isal" if _inflate_module is not zlib else "zlib"
 
@@ -29,76 +37,101 @@ class GzipError(Exception):
     """The gzip data is corrupt or truncated."""
 
 
+def inflate_members(raw: BinaryIO, inflate: Any = _inflate_module) -> Iterator[bytes]:
+    """Decompressed pieces of every gzip member in ``raw``, in order."""
+    decompressor = inflate.decompressobj(_GZIP_WBITS)
+    pending = b""
+    while True:
+        if decompressor.eof:
+            pending = decompressor.unused_data + pending
+            while not pending:
+                pending = raw.read(_CHUNK)
+                if not pending:
+                    return
+            if pending.strip(b"\0") == b"" and not raw.read(1):
+                return  # zero padding after the last member, as gzip allows
+            if pending[:2] != b"\x1f\x8b":
+                raise GzipError("trailing garbage after the gzip data")
+            decompressor = inflate.decompressobj(_GZIP_WBITS)
+        source = decompressor.unconsumed_tail or pending or raw.read(_CHUNK)
+        if not source:
+            raise GzipError("truncated gzip stream (it ends before its end marker)")
+        if source is pending:
+            pending = b""
+        try:
+            piece: bytes = decompressor.decompress(source, _CHUNK)
+        except (zlib.error, inflate.error) as error:
+            raise GzipError(f"corrupt gzip data ({error})") from None
+        if piece:
+            yield piece
+
+
+class _End:
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
 class GzipReader(io.RawIOBase):
     """Raw reader of the decompressed bytes; wrap it in ``io.BufferedReader``."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, inflate: Any = _inflate_module) -> None:
         self._raw = raw
-        self._decompressor: Any = _inflate_module.decompressobj(_GZIP_WBITS)
-        self._input = b""  # compressed bytes not yet given to the decompressor
-        self._pending = b""  # decompressed bytes not yet returned
-        self._pending_offset = 0
-        self._finished = False
+        self._pieces: queue.Queue[bytes | _End] = queue.Queue(maxsize=_AHEAD)
+        self._stop = threading.Event()
+        self._piece = b""
+        self._offset = 0
+        self._ended: _End | None = None
+        self._worker = threading.Thread(target=self._inflate, args=(inflate,), name="gzip-inflate", daemon=True)
+        self._worker.start()
+
+    def _inflate(self, inflate: Any) -> None:
+        end = _End()
+        try:
+            for piece in inflate_members(self._raw, inflate):
+                if not self._put(piece):
+                    return
+        except BaseException as error:  # raised in the consumer's thread
+            end = _End(error)
+        self._put(end)
+
+    def _put(self, item: bytes | _End) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._pieces.put(item, timeout=_POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        wanted = len(view)
-        if wanted == 0:
+        if not len(view):
             return 0
-        if self._pending_offset < len(self._pending):
-            available = self._pending[self._pending_offset : self._pending_offset + wanted]
-            view[: len(available)] = available
-            self._pending_offset += len(available)
-            return len(available)
-        data = self._inflate(wanted)
-        view[: len(data)] = data
-        return len(data)
-
-    def _inflate(self, wanted: int) -> bytes:
-        """Up to ``wanted`` decompressed bytes; b"" only at the clean end of the stream."""
-        while not self._finished:
-            if self._decompressor.eof:
-                self._next_member()
+        while self._offset >= len(self._piece):
+            if self._ended is not None:
+                if self._ended.error is not None:
+                    raise self._ended.error
+                return 0
+            item = self._pieces.get()
+            if isinstance(item, _End):
+                self._ended = item
                 continue
-            if not self._input and not self._decompressor.unconsumed_tail:
-                self._input = self._raw.read(_CHUNK)
-                if not self._input:
-                    raise GzipError("truncated gzip stream (it ends before its end marker)")
-            source = self._decompressor.unconsumed_tail or self._input
-            if source is self._input:
-                self._input = b""
-            try:
-                out: bytes = self._decompressor.decompress(source, max(wanted, 1 << 16))
-            except (zlib.error, _inflate_module.error) as error:
-                raise GzipError(f"corrupt gzip data ({error})") from None
-            if len(out) > wanted:  # max_length is a cap only for zlib; keep the surplus
-                self._pending, self._pending_offset = out, wanted
-                return out[:wanted]
-            if out:
-                return out
-        return b""
+            self._piece, self._offset = item, 0
+        count = min(len(view), len(self._piece) - self._offset)
+        view[:count] = self._piece[self._offset : self._offset + count]
+        self._offset += count
+        return count
 
-    def _next_member(self) -> None:
-        # A gzip file may hold several members back to back; anything after the
-        # last one must be padding zeros (as gzip tolerates) or the end.
-        rest = self._decompressor.unused_data + self._input
-        self._input = b""
-        while not rest:
-            rest = self._raw.read(_CHUNK)
-            if not rest:
-                self._finished = True
-                return
-        if rest.strip(b"\0") == b"" and not self._raw.read(1):
-            self._finished = True
-            return
-        if rest[:2] != b"\x1f\x8b":
-            raise GzipError("trailing garbage after the gzip data")
-        self._decompressor = _inflate_module.decompressobj(_GZIP_WBITS)
-        self._input = rest
+    def stop(self) -> None:
+        """Stop inflating ahead and wait for the worker; the raw file is then free to use."""
+        self._stop.set()
+        self._worker.join()
 
     def close(self) -> None:
-        self._raw.close()
+        if not self.closed:
+            self.stop()
+            self._raw.close()
         super().close()

@@ -283,6 +283,12 @@ class _Source:
     def at_eof(self) -> bool:
         return self.peek(1) == b""
 
+    def stop(self) -> None:
+        """Stop any read-ahead (the gzip worker) so the underlying file can be touched."""
+        raw = getattr(self._stream, "raw", None)
+        if isinstance(raw, GzipReader):
+            raw.stop()
+
 
 @contextmanager
 def _gzip_errors() -> Iterator[None]:
@@ -326,10 +332,12 @@ class _OpenFile:
         """The file's sha256, if every byte went through the hash (else None)."""
         if self.source.skipped:
             return None
+        self.source.stop()
         self.hasher.drain()
         return self.hasher.digest.hexdigest()
 
     def close(self) -> None:
+        self.source.stop()
         self.hasher.close()
 
 

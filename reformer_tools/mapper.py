@@ -271,9 +271,9 @@ class Alignment:
     def ok(self) -> bool:
         return not (self.mismatches or self.missing or self.unused or self.problems)
 
-    def hf_key_for(self) -> dict[int, str]:
-        """Leaf index -> HF key, for the leaves that found a slot."""
-        return {a.leaf.index: a.slot.hf_key for a in self.assignments}
+    def hf_keys_for(self) -> dict[int, tuple[str, ...]]:
+        """Leaf index -> HF key(s), for the leaves that found a slot."""
+        return {a.leaf.index: a.slot.hf_keys for a in self.assignments}
 
 
 def _rank(leaf: Leaf) -> int:

@@ -72,11 +72,11 @@ def inspect(
     loaded = load_checkpoint(checkpoint, max_decompressed=max_decompressed)
     leaves = loaded.leaves
     resolved = resolve_spec(loaded, config_path, gin_path, required=config_out is not None)
-    hf_keys: dict[int, str] = {}
+    hf_keys: dict[int, tuple[str, ...]] = {}
     if resolved is not None:
         from reformer_tools.mapper import align
 
-        hf_keys = align(resolved.spec, leaves).hf_key_for()
+        hf_keys = align(resolved.spec, leaves).hf_keys_for()
         for message in resolved.messages:
             note(message)
     if config_out is not None:
@@ -100,7 +100,7 @@ def _write_config(path: Path, config: dict[str, Any], force: bool) -> None:
 
 
 def _document(
-    checkpoint: TraxCheckpoint, leaves: Sequence[Leaf], hf_keys: dict[int, str], config_source: str | None
+    checkpoint: TraxCheckpoint, leaves: Sequence[Leaf], hf_keys: dict[int, tuple[str, ...]], config_source: str | None
 ) -> dict[str, Any]:
     return {
         "file": str(checkpoint.path),
@@ -117,7 +117,8 @@ def _document(
                 "shape": list(leaf.shape),
                 "dtype": leaf.dtype,
                 "bytes": leaf.nbytes,
-                "hf_key": hf_keys.get(leaf.index),
+                "hf_key": hf_keys[leaf.index][0] if leaf.index in hf_keys else None,
+                "hf_keys": list(hf_keys.get(leaf.index, ())),
             }
             for leaf in leaves
         ],
@@ -139,14 +140,15 @@ class _Row:
 _INDEX = re.compile(r"\[[^\]]*\]")
 
 
-def _collapse(leaves: Sequence[Leaf], hf_keys: dict[int, str], depth: int | None) -> list[_Row]:
+def _collapse(leaves: Sequence[Leaf], hf_keys: dict[int, tuple[str, ...]], depth: int | None) -> list[_Row]:
     rows: list[_Row] = []
     groups: dict[str, list[Leaf]] = {}
     for leaf in leaves:
         parts = _INDEX.findall(leaf.path)
         root = leaf.path[: len(leaf.path) - len("".join(parts))]
         if depth is None or len(parts) <= depth:
-            rows.append(_Row(leaf.path, str(tuple(leaf.shape)), leaf.dtype, leaf.nbytes, hf_keys.get(leaf.index, "")))
+            keys = ", ".join(hf_keys.get(leaf.index, ()))
+            rows.append(_Row(leaf.path, str(tuple(leaf.shape)), leaf.dtype, leaf.nbytes, keys))
             continue
         prefix = root + "".join(parts[:depth])
         if prefix not in groups:
@@ -165,7 +167,7 @@ def _collapse(leaves: Sequence[Leaf], hf_keys: dict[int, str], depth: int | None
 def _render(
     checkpoint: TraxCheckpoint,
     leaves: Sequence[Leaf],
-    hf_keys: dict[int, str],
+    hf_keys: dict[int, tuple[str, ...]],
     depth: int | None,
     config_source: str | None,
 ) -> None:
@@ -194,7 +196,8 @@ def _render(
     out.print(f"[bold]{len(leaves)} arrays, {total:,} parameters, {format_bytes(nbytes)}[/]")
     if config_source:
         mapped = len(hf_keys)
-        out.print(f"Hugging Face keys from {sanitize(config_source)}: {mapped} of {len(leaves)} arrays mapped")
+        source = sanitize(config_source)
+        out.print(f"Hugging Face keys from the config given by {source}: {mapped} of {len(leaves)} arrays mapped")
     if checkpoint.metadata:
         out.print("[bold]other contents[/]")
         for item in checkpoint.metadata:
