@@ -71,5 +71,5 @@ def resolve_spec(
             + ", ".join(f"{k}={v!r}" for k, v in sorted(inferred.defaulted.items()))
         )
     messages.extend(inferred.caveats)
-    source = "the weight shapes" + (f" and {gin_file}" if gin_file else "")
+    source = "the config inferred from the weight shapes" + (f" and {gin_file}" if gin_file else "")
     return ResolvedSpec(inferred.spec, source, messages, gin)

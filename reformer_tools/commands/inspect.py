@@ -197,7 +197,7 @@ def _render(
     if config_source:
         mapped = len(hf_keys)
         source = sanitize(config_source)
-        out.print(f"Hugging Face keys from the config given by {source}: {mapped} of {len(leaves)} arrays mapped")
+        out.print(f"Hugging Face keys from {source}: {mapped} of {len(leaves)} arrays mapped")
     if checkpoint.metadata:
         out.print("[bold]other contents[/]")
         for item in checkpoint.metadata:
