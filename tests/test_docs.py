@@ -1,0 +1,54 @@
+"""The README documents what the tool does: commands, options, exit codes, and CI runs its commands."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from reformer_tools.cli import cli
+from reformer_tools.errors import ExitCode
+
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def fenced_commands(language: str) -> list[str]:
+    blocks = re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+    return [line for block in blocks for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_ci_runs_the_readme_install_and_test_commands() -> None:
+    install, test = fenced_commands("bash")[:2]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert install.startswith("pip install")
+    assert '-e ".[test]"' in install
+    assert "torch==2.13.0" in install
+    assert test in ci.splitlines()
+    assert "torch==2.13.0" in ci
+
+
+def test_quick_start_uses_the_shipped_example() -> None:
+    commands = [line[2:] for line in fenced_commands("console") if line.startswith("$ ")]
+    assert any(c.startswith("reformer-tools convert examples/tiny-reformer/model.pkl.gz") for c in commands)
+    for command in commands:
+        for path in re.findall(r"examples/\S+", command):
+            assert (ROOT / path).exists(), path
+
+
+@pytest.mark.parametrize("name", sorted(cli.commands))
+def test_every_option_of_every_command_is_documented(name: str) -> None:
+    command = cli.commands[name]
+    assert f"reformer-tools {name}" in README
+    for param in command.params:
+        if isinstance(param, click.Option) and not param.hidden:
+            for flag in param.opts:
+                if flag.startswith("--") and flag not in ("--help", "--debug"):
+                    assert flag in README, f"{name} {flag} is not in the README"
+
+
+def test_exit_codes_table_lists_every_code() -> None:
+    for code in ExitCode:
+        assert re.search(rf"^\| {code.value} \|", README, flags=re.M), code
