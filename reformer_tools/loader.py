@@ -102,6 +102,7 @@ class TraxCheckpoint:
     weight_files: tuple[Path, ...] = ()
     max_decompressed: int | None = None
     sha256: dict[str, str] = field(default_factory=dict)
+    has_data: bool = True  # False: loaded for shapes only
     # In-memory formats hold arrays; side-file formats stream weight_files[0].
     _arrays: list[Array | None] | None = None
     _leaves: list[Leaf] | None = None
@@ -135,6 +136,8 @@ class TraxCheckpoint:
         tensor at a time. ``headers_only`` (side files) skips array data and
         yields empty placeholders.
         """
+        if not (self.has_data or headers_only):
+            raise ValueError(f"{self.path} was loaded for its shapes only (data=False)")
         if self._arrays is None:
             leaves: list[Leaf] = []
             for leaf, array in _stream_npy_records(self, headers_only=headers_only):
@@ -200,9 +203,18 @@ class _Source:
     """Bounded, exact reads from a plain or gzip stream (see safe_pickle.ByteSource)."""
 
     def __init__(
-        self, stream: BinaryIO, *, name: str, limit: int, compressed: bool, limit_note: str, mapped: Path | None = None
+        self,
+        stream: BinaryIO,
+        *,
+        name: str,
+        limit: int,
+        compressed: bool,
+        limit_note: str,
+        mapped: Path | None = None,
+        keep_payloads: bool = True,
     ) -> None:
         self._stream = stream
+        self._keep_payloads = keep_payloads  # False: shapes only, payload bytes are skipped
         self.name = name
         self._limit = limit
         self._compressed = compressed
@@ -233,8 +245,11 @@ class _Source:
         self.consumed += n
         return data
 
-    def read_payload(self, n: int) -> npt.NDArray[np.uint8]:
+    def read_payload(self, n: int) -> npt.NDArray[np.uint8] | safe_pickle.SkippedPayload:
         self._claim(n)
+        if self._mapped is None and not self._keep_payloads:
+            self.skip(n)
+            return safe_pickle.SkippedPayload(n)
         if self._mapped is not None and n:
             # Pages are read only when a tensor is converted, and freed with it:
             # converting a plain pickle holds about one tensor in memory.
@@ -341,10 +356,13 @@ class _OpenFile:
         self.hasher.close()
 
 
-def _open(path: Path, max_decompressed: int | None, *, map_payloads: bool = False) -> _OpenFile:
+def _open(
+    path: Path, max_decompressed: int | None, *, map_payloads: bool = False, keep_payloads: bool = True
+) -> _OpenFile:
     """Open a file for bounded reading; gzip is detected by its magic bytes.
 
     ``map_payloads``: in a plain (uncompressed) file, memory-map large payloads.
+    ``keep_payloads`` False: skip payloads that cannot be mapped (shapes only).
     """
     try:
         raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by _OpenFile.close
@@ -375,7 +393,14 @@ def _open(path: Path, max_decompressed: int | None, *, map_payloads: bool = Fals
                 else f"{DEFAULT_MAX_RATIO}x the file size; raise it with --max-decompressed-size for a real checkpoint"
             )
             buffered_stream = io.BufferedReader(GzipReader(buffered), buffer_size=1 << 20)
-            source = _Source(buffered_stream, name=path.name, limit=limit, compressed=True, limit_note=note)
+            source = _Source(
+                buffered_stream,
+                name=path.name,
+                limit=limit,
+                compressed=True,
+                limit_note=note,
+                keep_payloads=keep_payloads,
+            )
             head = source.peek(8)
         else:
             mapped = path if map_payloads else None
@@ -419,11 +444,20 @@ def _is_pickle(head: bytes) -> bool:
 # ------------------------------------------------------------------ public entry
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, max_decompressed: int | None = None) -> TraxCheckpoint:
-    """Load a Trax checkpoint of any era. Errors name the file and the problem."""
+def load_checkpoint(
+    path: str | os.PathLike[str], *, max_decompressed: int | None = None, data: bool = True
+) -> TraxCheckpoint:
+    """Load a Trax checkpoint of any era. Errors name the file and the problem.
+
+    ``data=False`` reads shapes and dtypes only (``inspect``): gzip payloads are
+    inflated and dropped instead of kept, so memory stays small; ``iter_arrays``
+    is then unavailable.
+    """
     path = Path(path)
     try:
-        return _load(path, max_decompressed)
+        checkpoint = _load(path, max_decompressed, data)
+        checkpoint.has_data = data
+        return checkpoint
     except ReformerToolsError as error:
         raise _with_file(error, path) from None
     except MemoryError:
@@ -437,8 +471,8 @@ def _with_file(error: ReformerToolsError, path: Path) -> ReformerToolsError:
     return type(error)(f"{path}: {message}")
 
 
-def _load(path: Path, max_decompressed: int | None) -> TraxCheckpoint:
-    opened = _open(path, max_decompressed, map_payloads=True)
+def _load(path: Path, max_decompressed: int | None, data: bool) -> TraxCheckpoint:
+    opened = _open(path, max_decompressed, map_payloads=True, keep_payloads=data)
     try:
         head = opened.head
         if head.startswith(_NPY_MAGIC):
@@ -452,13 +486,13 @@ def _load(path: Path, max_decompressed: int | None) -> TraxCheckpoint:
         digest = opened.finish()
     finally:
         opened.close()
-    checkpoint = _interpret(path, obj, max_decompressed, compressed=opened.compressed)
+    checkpoint = _interpret(path, obj, max_decompressed, compressed=opened.compressed, data=data)
     if digest is not None:
         checkpoint.sha256[path.name] = digest
     return checkpoint
 
 
-def _interpret(path: Path, obj: Any, max_decompressed: int | None, *, compressed: bool) -> TraxCheckpoint:
+def _interpret(path: Path, obj: Any, max_decompressed: int | None, *, compressed: bool, data: bool) -> TraxCheckpoint:
     """Find the weights in an unpickled object and describe the rest."""
     if isinstance(obj, tuple) and len(obj) == 4 and isinstance(obj[0], tuple) and len(obj[0]) == 3:
         # trax <= 1.1 (2019): (opt_state=(weights, slots, opt_params), step, history, model_state)
@@ -511,7 +545,7 @@ def _interpret(path: Path, obj: Any, max_decompressed: int | None, *, compressed
             _leaves=leaves,
         )
     if type(flat) is int:
-        return _side_file_checkpoint(path, flat, metadata, step, version, max_decompressed)
+        return _side_file_checkpoint(path, flat, metadata, step, version, max_decompressed, data)
     raise UnreadableCheckpointError(f"'flat_weights' is a {_describe_type(flat)}, not a list or an int")
 
 
@@ -538,6 +572,7 @@ def _side_file_checkpoint(
     step: int | None,
     version: str | None,
     max_decompressed: int | None,
+    data: bool,
 ) -> TraxCheckpoint:
     """``flat_weights`` is an int: its meaning depends on which side file exists."""
     name = path.name
@@ -560,7 +595,7 @@ def _side_file_checkpoint(
         missing = [s.name for s in shards if not s.exists()]
         if missing:
             raise UnreadableCheckpointError(f"'flat_weights' promises {flat} shard files; {missing[0]} is missing")
-        return _sharded_checkpoint(path, shards, metadata, step, version, max_decompressed)
+        return _sharded_checkpoint(path, shards, metadata, step, version, max_decompressed, data)
     looked = ", ".join(c.name for c in candidates + shards[:1])
     raise UnreadableCheckpointError(
         f"'flat_weights' is {flat}: the weights live in a side file, but none exists ({looked})"
@@ -574,13 +609,14 @@ def _sharded_checkpoint(
     step: int | None,
     version: str | None,
     max_decompressed: int | None,
+    data: bool,
 ) -> TraxCheckpoint:
     arrays: list[Array | None] = []
     leaves: list[Leaf] = []
     digests: dict[str, str] = {}
     for shard in shards:
         try:
-            opened = _open(shard, max_decompressed, map_payloads=True)
+            opened = _open(shard, max_decompressed, map_payloads=True, keep_payloads=data)
             try:
                 if not _is_pickle(opened.head):
                     raise UnreadableCheckpointError(f"not a pickle ({_sniff(opened.head)})")
@@ -648,6 +684,7 @@ def _stream_npy_records(checkpoint: TraxCheckpoint, *, headers_only: bool) -> It
                     array: Array = np.empty(0, dtype=dtype)
                 else:
                     buffer = opened.source.read_payload(nbytes)
+                    assert not isinstance(buffer, safe_pickle.SkippedPayload)  # side files keep payloads
                     array = np.frombuffer(buffer, dtype=dtype).reshape(shape, order="F" if fortran else "C")
                     array = _native(array)
                 yield leaf, array

@@ -39,9 +39,16 @@ class ByteSource(Protocol):
 
     def read_exact(self, n: int) -> bytes: ...
 
-    def read_payload(self, n: int) -> bytes | npt.NDArray[np.uint8]: ...
+    def read_payload(self, n: int) -> bytes | npt.NDArray[np.uint8] | SkippedPayload: ...
 
     def readline(self, limit: int) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedPayload:
+    """A payload read past without keeping it (shapes-only loading, e.g. for ``inspect``)."""
+
+    nbytes: int
 
 
 class CorruptPickle(UnreadableCheckpointError):
@@ -192,8 +199,8 @@ def _as_dtype(value: Any, what: str) -> DType:
     raise CorruptPickle(f"{what}: expected a dtype, got {_type_name(value)}")
 
 
-def _as_buffer(value: Any, what: str) -> bytes | bytearray | npt.NDArray[np.uint8]:
-    if isinstance(value, bytes | bytearray):
+def _as_buffer(value: Any, what: str) -> bytes | bytearray | npt.NDArray[np.uint8] | SkippedPayload:
+    if isinstance(value, bytes | bytearray | SkippedPayload):
         return value
     if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 1:
         return value
@@ -213,10 +220,14 @@ def _make_array(
     raw = _as_buffer(buffer, what)
     storage = dtype.storage if isinstance(dtype, _BFloat16DType) else dtype
     expected = math.prod(shape) * storage.itemsize
-    actual = raw.nbytes if isinstance(raw, np.ndarray) else len(raw)
+    actual = raw.nbytes if isinstance(raw, np.ndarray | SkippedPayload) else len(raw)
     _check(actual == expected, f"{what}: shape {shape} needs {expected} bytes, the data has {actual}")
-    flat = np.frombuffer(raw, dtype=storage)
-    array = flat.reshape(shape, order="F" if fortran else "C")
+    if isinstance(raw, SkippedPayload):
+        # Shape and dtype without data: a read-only view of one zero, broadcast.
+        array = np.lib.stride_tricks.as_strided(np.zeros(1, storage), shape, (0,) * len(shape), writeable=False)
+    else:
+        flat = np.frombuffer(raw, dtype=storage)
+        array = flat.reshape(shape, order="F" if fortran else "C")
     if isinstance(dtype, _BFloat16DType):
         return BFloat16Array(array)
     return array

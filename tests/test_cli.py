@@ -36,7 +36,7 @@ def test_inspect_human_output_lists_every_array_and_totals() -> None:
     assert "input signature (2, 64) int32" in result.stdout
     # what was inferred goes to stderr, never into the result
     assert "inferred from the weight shapes" in result.stderr
-    assert "inferred" not in result.stdout
+    assert "defaulted (not visible" not in result.stdout
 
 
 def test_inspect_depth_collapses_the_nested_tree() -> None:

@@ -69,7 +69,7 @@ def inspect(
     if list_globals:
         _show_globals(checkpoint, as_json, max_decompressed)
         return
-    loaded = load_checkpoint(checkpoint, max_decompressed=max_decompressed)
+    loaded = load_checkpoint(checkpoint, max_decompressed=max_decompressed, data=False)
     leaves = loaded.leaves
     resolved = resolve_spec(loaded, config_path, gin_path, required=config_out is not None)
     hf_keys: dict[int, tuple[str, ...]] = {}
