@@ -17,6 +17,7 @@ import hashlib
 import io
 import math
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ class TraxCheckpoint:
     max_decompressed: int | None = None
     sha256: dict[str, str] = field(default_factory=dict)
     has_data: bool = True  # False: loaded for shapes only
+    _digest_jobs: dict[str, _BackgroundDigest] = field(default_factory=dict)
     # In-memory formats hold arrays; side-file formats stream weight_files[0].
     _arrays: list[Array | None] | None = None
     _leaves: list[Leaf] | None = None
@@ -118,6 +120,9 @@ class TraxCheckpoint:
 
     def digests(self) -> dict[str, str]:
         """sha256 of the checkpoint and its weight files, hashing any not hashed while loading."""
+        for name, job in list(self._digest_jobs.items()):
+            self.sha256[name] = job.result()
+            del self._digest_jobs[name]
         for file in (self.path, *self.weight_files):
             if file.name not in self.sha256:
                 self.sha256[file.name] = _hash_file(file)
@@ -314,6 +319,30 @@ def _gzip_errors() -> Iterator[None]:
         raise UnreadableCheckpointError(str(error)) from None
 
 
+class _BackgroundDigest:
+    """Hash a memory-mapped file in a thread while the conversion reads its pages."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._digest: str | None = None
+        self._error: ReformerToolsError | None = None
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._digest = _hash_file(self._path)
+        except ReformerToolsError as error:
+            self._error = error
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._digest is not None
+        return self._digest
+
+
 def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     try:
@@ -489,6 +518,8 @@ def _load(path: Path, max_decompressed: int | None, data: bool) -> TraxCheckpoin
     checkpoint = _interpret(path, obj, max_decompressed, compressed=opened.compressed, data=data)
     if digest is not None:
         checkpoint.sha256[path.name] = digest
+    elif data:
+        checkpoint._digest_jobs[path.name] = _BackgroundDigest(path)
     return checkpoint
 
 
