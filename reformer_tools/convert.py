@@ -204,13 +204,13 @@ def _stream_tensors(
     by_leaf: dict[int, list[PlannedTensor]] = {}
     for tensor in conversion.tensors:
         by_leaf.setdefault(tensor.leaf_index, []).append(tensor)
-    slots = expected_slots(spec).slots if conversion.streaming else None
     seen = 0
     for leaf, array in checkpoint.iter_arrays(release=True):
         seen += 1
         planned = by_leaf.get(leaf.index)
-        if planned is None or (slots is not None and leaf.shape not in planned[0].source_shapes):
-            raise _stream_mismatch(checkpoint, spec, leaf, slots)
+        # A streamed side file is planned from the config alone: check each shape as it arrives.
+        if planned is None or (conversion.streaming and leaf.shape not in planned[0].source_shapes):
+            raise _stream_mismatch(checkpoint, spec, leaf)
         transformed = TRANSFORMS[planned[0].transform].apply(array)
         out_dtype = _out_dtype(leaf.dtype, dtype)
         transformed = cast(transformed, leaf.dtype, out_dtype)
@@ -219,10 +219,10 @@ def _stream_tensors(
             yield replace(tensor, trax_path=leaf.path, dtype=out_dtype), transformed, out_dtype
         del transformed
     if seen != len(by_leaf):
-        raise _stream_mismatch(checkpoint, spec, None, slots)
+        raise _stream_mismatch(checkpoint, spec, None)
 
 
-def _stream_mismatch(checkpoint: TraxCheckpoint, spec: ReformerSpec, leaf: Leaf | None, slots: Any) -> Exception:
+def _stream_mismatch(checkpoint: TraxCheckpoint, spec: ReformerSpec, leaf: Leaf | None) -> Exception:
     """A streamed array did not fit the plan: diagnose with a full header scan."""
     try:
         plan(spec, checkpoint.leaves, source=str(checkpoint.path))
