@@ -52,3 +52,10 @@ def test_every_option_of_every_command_is_documented(name: str) -> None:
 def test_exit_codes_table_lists_every_code() -> None:
     for code in ExitCode:
         assert re.search(rf"^\| {code.value} \|", README, flags=re.M), code
+
+
+def test_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "run_conversion" in b]
+    monkeypatch.chdir(tmp_path)
+    exec(snippet.replace('"examples/', f'"{ROOT}/examples/'), {})
+    assert sorted(p.name for p in (tmp_path / "tiny-reformer-hf").iterdir()) == ["config.json", "model.safetensors"]
