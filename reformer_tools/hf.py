@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
+
+from reformer_tools.errors import ConfigError, MappingError
 
 
 def torch_tensor(array: npt.NDArray[Any], dtype: str) -> Any:
@@ -58,3 +61,96 @@ def load_torch_state_dict(path: Any) -> dict[str, tuple[npt.NDArray[Any], str]]:
         else:
             arrays[key] = (tensor.contiguous().numpy(), str(tensor.dtype).removeprefix("torch."))
     return arrays
+
+
+# ----------------------------------------------------------- numerics (verify --numerics)
+
+
+def reformer_lm(config: Mapping[str, Any], state_dict: Mapping[str, npt.NDArray[Any]]) -> Any:
+    """A float32 ``ReformerModelWithLMHead`` in eval mode holding exactly ``state_dict``.
+
+    Every key must be used and every parameter given: a partial load would compare randomly
+    initialised weights.
+    """
+    import torch
+    from transformers import ReformerConfig, ReformerModelWithLMHead
+
+    try:
+        model: Any = ReformerModelWithLMHead(ReformerConfig(**config))
+    except AssertionError as error:  # HF checks its config with asserts (is_decoder, look-ahead chunks)
+        raise ConfigError(f"Hugging Face's ReformerModelWithLMHead refuses this config: {error}") from None
+    # Writable copies where needed: memory-mapped safetensors arrays are read-only, which torch warns about.
+    tensors = {
+        key: torch.from_numpy(np.require(value, dtype=np.float32, requirements=["C", "W"]))
+        for key, value in state_dict.items()
+    }
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise MappingError(f"the tensors do not fit ReformerModelWithLMHead: {error}") from None
+    if missing or unexpected:
+        raise MappingError(
+            "the tensors do not fit ReformerModelWithLMHead: "
+            f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+        )
+    model.eval()
+    return model
+
+
+def _run(model: Any, input_ids: npt.NDArray[Any]) -> Any:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64))
+    verbosity = hf_logging.get_verbosity()
+    # Shifted ids begin with the pad id 0, which makes HF suggest an attention mask; Trax uses none.
+    hf_logging.set_verbosity(logging.ERROR)
+    try:
+        # HF reseeds torch's global RNG before hashing when hash_seed is set; keep the caller's RNG untouched.
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            return model(input_ids=ids)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def reformer_lm_log_probs(model: Any, input_ids: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """Log-softmax of the model's logits (batch, length, vocab), in float64."""
+    logits = _run(model, input_ids).logits.double()
+    return np.asarray(logits.log_softmax(dim=-1).numpy(), dtype=np.float64)
+
+
+def reformer_lm_hidden_states(model: Any, input_ids: npt.NDArray[Any], n_layers: int) -> npt.NDArray[np.float64]:
+    """The reversible halves (attention half, feed-forward half) concatenated after ``n_layers`` layers."""
+    import torch
+
+    captured: list[Any] = []
+
+    def after_embeddings(_module: Any, _inputs: Any, output: Any) -> None:
+        captured.append(torch.cat([output, output], dim=-1))
+
+    def after_layer(_module: Any, _inputs: Any, output: Any) -> None:
+        captured.append(torch.cat([output.attn_output, output.hidden_states], dim=-1))
+
+    reformer = model.reformer
+    if n_layers == 0:
+        handle = reformer.embeddings.register_forward_hook(after_embeddings)
+    else:
+        handle = reformer.encoder.layers[n_layers - 1].register_forward_hook(after_layer)
+    try:
+        _run(model, input_ids)
+    finally:
+        handle.remove()
+    return np.asarray(captured[0].double().numpy(), dtype=np.float64)
+
+
+def lsh_rotations(hash_seed: int, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+    """The rotations HF's LSHSelfAttention._hash_vectors draws in float32 when ``hash_seed`` is set.
+
+    It calls ``torch.manual_seed(hash_seed)`` and then ``torch.randn(shape)`` before hashing in every
+    LSH layer, so all LSH layers use these same rotations. A fresh generator with that seed gives the
+    same numbers without touching the global RNG.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(hash_seed)
+    return np.asarray(torch.randn(shape, generator=generator, dtype=torch.float32).numpy())

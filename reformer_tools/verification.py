@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +22,9 @@ from reformer_tools.errors import ConfigError
 from reformer_tools.loader import Leaf, TraxCheckpoint, as_float32
 from reformer_tools.mapper import Alignment, Assignment, align, hf_shapes
 from reformer_tools.spec import ReformerSpec, spec_from_dict
+
+if TYPE_CHECKING:
+    from reformer_tools.numerics import NumericsReport
 
 #: Config fields that change the weights' shapes or the forward pass.
 NUMERIC_FIELDS: Final = (
@@ -121,7 +125,8 @@ class VerifyReport:
     alignment: Alignment
     audits: list[ArrayAudit] = field(default_factory=list)
     converted: ConvertedReport | None = None
-    numerics: Any = None  # reformer_tools.numerics.NumericsReport when --numerics ran
+    numerics: NumericsReport | None = None
+    numerics_skipped: str | None = None  # why --numerics could not run
 
     @property
     def failed_audits(self) -> list[ArrayAudit]:
@@ -133,7 +138,8 @@ class VerifyReport:
             self.alignment.ok
             and not self.failed_audits
             and (self.converted is None or self.converted.ok)
-            and (self.numerics is None or self.numerics.ok)
+            and (self.numerics is None or self.numerics.passed)
+            and self.numerics_skipped is None
         )
 
     @property
@@ -170,6 +176,7 @@ class VerifyReport:
             },
             "converted": None if self.converted is None else self.converted.to_json(),
             "numerics": None if self.numerics is None else self.numerics.to_json(),
+            "numerics_skipped": self.numerics_skipped,
         }
 
 
@@ -279,3 +286,35 @@ def verify_checkpoint(
         expected = {key for a in alignment.assignments for key in a.slot.hf_keys}
         report.converted.unexpected = sorted(set(converted.tensors) - expected)
     return report
+
+
+def verify_numerics(
+    report: VerifyReport,
+    leaves: list[npt.NDArray[np.float32]],
+    spec: ReformerSpec,
+    converted: Path | None,
+    input_ids: npt.NDArray[Any] | None,
+    *,
+    atol: float,
+    seed: int,
+) -> None:
+    """Run the converted model and the independent NumPy reference on the same tokens.
+
+    ``leaves`` are the checkpoint's arrays as float32, in Trax order. Without a
+    converted model, the Hugging Face side gets the mapper's tensors in memory.
+    """
+    if not report.alignment.ok:
+        report.numerics_skipped = "the checkpoint does not match the config, so there is no model to run"
+        return
+    from reformer_tools.numerics import compare_numerics
+
+    model: Path | dict[str, npt.NDArray[Any]]
+    if converted is not None:
+        model = converted
+    else:
+        model = {
+            key: assignment.slot.transform.apply(leaves[assignment.leaf.index])
+            for assignment in report.alignment.assignments
+            for key in assignment.slot.hf_keys
+        }
+    report.numerics = compare_numerics(leaves, spec, model, input_ids, atol=atol, seed=seed)

@@ -145,3 +145,42 @@ def test_human_report_names_the_difference(converted: Path) -> None:
     assert result.exit_code == 1
     assert "different lm_head.decoder.weight <- weights[9][1][0]" in result.stdout
     assert "converted output differs" in result.stdout
+
+
+def test_numerics_agree_for_a_faithful_conversion(converted: Path) -> None:
+    code, report = verify_json(LOCAL / "model.pkl", converted, "--numerics", "--input-ids", LOCAL / "input_ids.npy")
+    assert code == 0, report
+    numerics = report["numerics"]
+    assert numerics["complete"] is True
+    assert numerics["max_abs_diff"] <= 1e-4
+    assert numerics["sequence_length"] == 64
+    assert len(numerics["positions"]) == 64
+
+
+def test_numerics_run_on_the_mapped_tensors_without_a_converted_model() -> None:
+    mixed = TRAX_FIXTURES / "t141_mixed_axial"
+    code, report = verify_json(mixed / "model.pkl", "--config", mixed / "config.json", "--numerics")
+    assert code == 0, report
+    assert "hash_seed" in report["numerics"]["lsh"]
+
+
+def test_numerics_catch_a_wrong_value_that_keeps_every_shape(converted: Path) -> None:
+    tensors = load_file(str(converted / "model.safetensors"))
+    key = "reformer.encoder.layers.0.feed_forward.output.dense.weight"
+    tensors[key] = tensors[key][::-1].copy()  # same shape, rows reversed
+    save_file(tensors, str(converted / "model.safetensors"), metadata={"format": "pt"})
+    code, report = verify_json(LOCAL / "model.pkl", converted, "--numerics")
+    assert code == 1
+    assert report["numerics"]["passed"] is False
+    assert report["numerics"]["max_abs_diff"] > 1e-3
+
+
+def test_numerics_are_skipped_with_a_reason_when_shapes_disagree(tmp_path: Path) -> None:
+    config = json.loads(CONFIG.read_text())
+    config["feed_forward_size"] = 48
+    bad = tmp_path / "config.json"
+    bad.write_text(json.dumps(config))
+    code, report = verify_json(LOCAL / "model.pkl", "--config", bad, "--numerics")
+    assert code == 1
+    assert report["numerics"] is None
+    assert "does not match the config" in report["numerics_skipped"]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
+import numpy as np
+import numpy.typing as npt
 from rich.table import Table
 
 from reformer_tools._console import emit_json, note, out, sanitize
@@ -17,10 +20,10 @@ from reformer_tools.commands._options import (
     max_decompressed_option,
 )
 from reformer_tools.converted import open_converted
-from reformer_tools.errors import ExitCode
-from reformer_tools.loader import load_checkpoint
+from reformer_tools.errors import ExitCode, UsageError
+from reformer_tools.loader import Leaf, as_float32, load_checkpoint
 from reformer_tools.resolve import resolve_spec
-from reformer_tools.verification import VerifyReport, verify_checkpoint
+from reformer_tools.verification import VerifyReport, verify_checkpoint, verify_numerics
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -28,6 +31,16 @@ from reformer_tools.verification import VerifyReport, verify_checkpoint
 @click.argument("converted", required=False, type=click.Path(path_type=Path, exists=False), metavar="[CONVERTED]")
 @config_option
 @click.option("--gin", "gin_path", type=click.Path(path_type=Path, dir_okay=False), help="A config.gin to read.")
+@click.option(
+    "--numerics", is_flag=True, help="Also run the converted model against a NumPy reference of Trax's forward pass."
+)
+@click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="--numerics tolerance.")
+@click.option(
+    "--input-ids",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="--numerics: a .npy of token ids (batch, length), as Trax would be fed (default: random, seeded).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="--numerics: seed for the ids and LSH hashing.")
 @json_option
 @max_decompressed_option
 @debug_option
@@ -36,6 +49,10 @@ def verify(
     converted: Path | None,
     config_path: Path | None,
     gin_path: Path | None,
+    numerics: bool,
+    atol: float,
+    input_ids: Path | None,
+    seed: int,
     as_json: bool,
     max_decompressed: int | None,
 ) -> None:
@@ -49,11 +66,19 @@ def verify(
     and with --config (without --config, a directory's own config.json is used).
     Exit code 1 if anything fails.
 
+    With --numerics, the converted model (or, without CONVERTED, the mapped
+    tensors in memory) runs as ReformerModelWithLMHead on a fixed batch of
+    tokens, beside an independent NumPy implementation of Trax's ReformerLM
+    that reads the checkpoint's arrays directly; log-probabilities must agree
+    within --atol at every position. LSH layers hash with the rotations
+    Hugging Face draws for a fixed hash_seed, fed to both sides.
+
     \b
     Examples:
       reformer-tools verify model.pkl.gz --config config.json
       reformer-tools verify model.pkl.gz reformer-hf/ --config config.json
       reformer-tools verify model.pkl.gz --config config.json --json
+      reformer-tools verify model.pkl.gz reformer-hf/ --numerics
     """
     loaded = load_checkpoint(checkpoint, max_decompressed=max_decompressed)
     output = open_converted(converted) if converted is not None else None
@@ -64,13 +89,31 @@ def verify(
     assert resolved is not None
     for message in resolved.messages:
         note(message)
-    report = verify_checkpoint(loaded, resolved.spec, resolved.source, output)
+    float32_leaves: list[npt.NDArray[np.float32]] = []
+
+    def keep_float32(leaf: Leaf, array: npt.NDArray[Any]) -> None:
+        float32_leaves.append(as_float32(array, leaf.dtype))
+
+    report = verify_checkpoint(
+        loaded, resolved.spec, resolved.source, output, on_array=keep_float32 if numerics else None
+    )
+    if numerics:
+        ids = _read_input_ids(input_ids) if input_ids is not None else None
+        verify_numerics(report, float32_leaves, resolved.spec, converted, ids, atol=atol, seed=seed)
     if as_json:
         emit_json(report.to_json())
     else:
         _render(report)
     if not report.ok:
         raise click.exceptions.Exit(int(ExitCode.VERIFICATION_FAILED))
+
+
+def _read_input_ids(path: Path) -> npt.NDArray[Any]:
+    try:
+        ids: npt.NDArray[Any] = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: not a .npy array of token ids ({error})") from None
+    return ids
 
 
 def _render(report: VerifyReport) -> None:
@@ -94,10 +137,14 @@ def _render(report: VerifyReport) -> None:
     _render_audits(report)
     if report.converted is not None:
         _render_converted(report)
+    _render_numerics(report)
     if report.ok:
         checks = f"all {len(alignment.assignments)} arrays match the config and are finite"
         if report.converted is not None:
             checks += f"; all {len(report.converted.comparisons)} converted tensors equal their source"
+        if report.numerics is not None:
+            what = "log-probabilities" if report.numerics.complete else "hidden states"
+            checks += f"; {what} agree within {report.numerics.atol:g}"
         out.print(f"[bold green]ok[/]: {checks}")
     else:
         out.print(
@@ -105,6 +152,8 @@ def _render(report: VerifyReport) -> None:
             f"{len(alignment.unused)} unused, {len(alignment.problems)} unsupported, "
             f"{len(report.failed_audits)} unhealthy arrays"
             + ("" if report.converted is None or report.converted.ok else ", converted output differs")
+            + ("" if report.numerics is None or report.numerics.passed else ", numerics differ")
+            + ("" if report.numerics_skipped is None else ", numerics not run")
         )
 
 
@@ -138,3 +187,22 @@ def _render_converted(report: VerifyReport) -> None:
         out.print(f"  [red]config[/] {sanitize(problem)}")
     for difference in converted.config_differences:
         out.print(f"  config differs: {sanitize(difference)}")
+
+
+def _render_numerics(report: VerifyReport) -> None:
+    if report.numerics_skipped is not None:
+        out.print(f"[red]numerics not run[/]: {report.numerics_skipped}")
+        return
+    numerics = report.numerics
+    if numerics is None:
+        return
+    what = "log-probabilities" if numerics.complete else f"hidden states entering layer {numerics.layers_compared}"
+    verdict = "[green]agree[/]" if numerics.passed else "[red]differ[/]"
+    out.print(
+        f"numerics: {what} {verdict} on {numerics.batch_size} x {numerics.sequence_length} tokens: "
+        f"max abs diff {numerics.max_abs_diff:.3g} (tolerance {numerics.atol:g}) at position "
+        f"{numerics.worst_position}, max rel diff {numerics.max_rel_diff:.3g}"
+    )
+    out.print(f"  {sanitize(numerics.lsh)}")
+    for text in numerics.notes:
+        out.print(f"  note: {sanitize(text)}")
