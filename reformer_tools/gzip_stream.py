@@ -43,13 +43,15 @@ def inflate_members(raw: BinaryIO, inflate: Any = _inflate_module) -> Iterator[b
     pending = b""
     while True:
         if decompressor.eof:
+            # Between members gzip allows zero padding; then another member or the end.
             pending = decompressor.unused_data + pending
-            while not pending:
-                pending = raw.read(_CHUNK)
-                if not pending:
+            while len(pending := pending.lstrip(b"\0")) < 2:
+                more = raw.read(_CHUNK)
+                if not more:
+                    if pending:
+                        raise GzipError("trailing garbage after the gzip data")
                     return
-            if pending.strip(b"\0") == b"" and not raw.read(1):
-                return  # zero padding after the last member, as gzip allows
+                pending += more
             if pending[:2] != b"\x1f\x8b":
                 raise GzipError("trailing garbage after the gzip data")
             decompressor = inflate.decompressobj(_GZIP_WBITS)
