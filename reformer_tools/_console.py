@@ -57,16 +57,5 @@ def emit_json(payload: dict[str, Any]) -> None:
     click.echo(json.dumps(_json_safe(document), indent=2, allow_nan=False))
 
 
-def format_bytes(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()

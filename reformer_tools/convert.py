@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -53,22 +52,6 @@ def output_kind_for(path: Path) -> OutputKind:
     if path.suffix == ".safetensors":
         return OutputKind.SAFETENSORS
     return OutputKind.DIRECTORY
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """'2GB' -> 2_000_000_000, '500MiB' -> 524_288_000 (Hugging Face's convention)."""
-    match = _SIZE.match(text)
-    if not match:
-        raise UsageError(f"{text!r} is not a size (examples: 2GB, 500MB, 1GiB)")
-    number, unit, binary = match.groups()
-    base = 1024 if binary else 1000
-    size = int(float(number) * base ** "_KMGT".index(unit.upper() or "_"))
-    if size <= 0:
-        raise UsageError(f"{text!r} is not a positive size")
-    return size
 
 
 # ------------------------------------------------------------------------ plan

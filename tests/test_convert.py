@@ -15,10 +15,11 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from reformer_tools.convert import cast, float32_to_bfloat16_bits, parse_size
+from reformer_tools.convert import cast, float32_to_bfloat16_bits
 from reformer_tools.errors import UsageError
 from reformer_tools.loader import as_float32, load_checkpoint
 from reformer_tools.mapper import plan
+from reformer_tools.sizes import parse_size
 from reformer_tools.spec import load_spec
 from tests.conftest import CONVERTIBLE, TRAX_FIXTURES, fixture_checkpoints, invoke
 

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from reformer_tools.convert import parse_size
+from reformer_tools.sizes import parse_size
 
 EXIT_CODES_HELP = """\b
 Exit codes:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from reformer_tools._console import emit_json, err, format_bytes, note, out, sanitize, stderr_is_terminal
+from reformer_tools._console import emit_json, err, note, out, sanitize, stderr_is_terminal
 from reformer_tools.commands._options import (
     EXIT_CODES_HELP,
     checkpoint_argument,
@@ -27,13 +27,13 @@ from reformer_tools.convert import (
     ProgressCallback,
     ProgressEvent,
     output_kind_for,
-    parse_size,
     plan_conversion,
     run_conversion,
 )
 from reformer_tools.errors import UsageError
 from reformer_tools.loader import TraxCheckpoint, load_checkpoint
 from reformer_tools.resolve import resolve_spec
+from reformer_tools.sizes import format_size, parse_size
 
 
 def _pick(name: str, new: Any, legacy: Any, legacy_name: str) -> Any:
@@ -155,7 +155,7 @@ def _progress(*, enabled: bool) -> Iterator[ProgressCallback | None]:
                 total=event.tensors_total,
                 completed=event.tensors_done,
                 description=sanitize(event.key, 60),
-                written=format_bytes(event.bytes_done),
+                written=format_size(event.bytes_done),
             )
 
         yield update
@@ -192,11 +192,11 @@ def _show_plan(checkpoint: TraxCheckpoint, output: Path, conversion: ConversionP
     for t in conversion.tensors:
         shapes = f"{tuple(t.source_shapes[0])} -> {tuple(t.target_shape)}"
         table.add_row(
-            sanitize(t.trax_path or "?"), t.hf_key, t.transform, shapes, t.dtype or "?", format_bytes(t.nbytes)
+            sanitize(t.trax_path or "?"), t.hf_key, t.transform, shapes, t.dtype or "?", format_size(t.nbytes)
         )
     out.print(table)
     out.print(
-        f"[bold]dry run:[/] {len(conversion.tensors)} tensors, {format_bytes(conversion.total_bytes)} "
+        f"[bold]dry run:[/] {len(conversion.tensors)} tensors, {format_size(conversion.total_bytes)} "
         f"would be written to {sanitize(str(output))} ({conversion.kind.value}); nothing was written"
     )
 
@@ -224,4 +224,4 @@ def _show_result(
         f"({result.kind.value}): {result.tensors} tensors in {seconds:.2f} s"
     )
     for name, size in result.files:
-        out.print(f"  {sanitize(name)}  {format_bytes(size)}")
+        out.print(f"  {sanitize(name)}  {format_size(size)}")

@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from reformer_tools._console import emit_json, format_bytes, note, out, sanitize, warn
+from reformer_tools._console import emit_json, note, out, sanitize, warn
 from reformer_tools.commands._options import (
     EXIT_CODES_HELP,
     checkpoint_argument,
@@ -24,6 +24,7 @@ from reformer_tools.commands._options import (
 from reformer_tools.errors import ExitCode, UsageError
 from reformer_tools.loader import Leaf, TraxCheckpoint, load_checkpoint, scan_globals
 from reformer_tools.resolve import resolve_spec
+from reformer_tools.sizes import format_size
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -188,12 +189,12 @@ def _render(
     if show_keys:
         table.add_column("Hugging Face key", overflow="fold")
     for row in _collapse(leaves, hf_keys, depth):
-        cells = [sanitize(row.path), row.shape, row.dtype, format_bytes(row.nbytes)]
+        cells = [sanitize(row.path), row.shape, row.dtype, format_size(row.nbytes)]
         table.add_row(*cells, *([sanitize(row.hf_key) or "[dim]-[/]"] if show_keys else []))
     out.print(table)
     total = sum(leaf.size for leaf in leaves)
     nbytes = sum(leaf.nbytes for leaf in leaves)
-    out.print(f"[bold]{len(leaves)} arrays, {total:,} parameters, {format_bytes(nbytes)}[/]")
+    out.print(f"[bold]{len(leaves)} arrays, {total:,} parameters, {format_size(nbytes)}[/]")
     if config_source:
         mapped = len(hf_keys)
         source = sanitize(config_source)
