@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -24,7 +25,7 @@ from reformer_tools.errors import MappingError, ReformerToolsError, UsageError
 from reformer_tools.loader import Leaf, TraxCheckpoint, as_float32, dtype_itemsize
 from reformer_tools.mapper import TRANSFORMS, expected_slots, plan
 from reformer_tools.output import AtomicOutput
-from reformer_tools.prefetch import prefetch
+from reformer_tools.prefetch import Prefetch
 from reformer_tools.safetensors_writer import (
     SafetensorsWriter,
     TensorSpec,
@@ -233,13 +234,13 @@ def run_conversion(
     protected = (checkpoint.path, *checkpoint.weight_files)
     with AtomicOutput(output, directory=kind is OutputKind.DIRECTORY, force=force, protected=protected) as target:
         # Read and transform the next tensor while this one is written.
-        stream = prefetch(_stream_tensors(checkpoint, spec, conversion, dtype))
-        if kind is OutputKind.TORCH_BIN:
-            from reformer_tools.hf import save_torch_state_dict
+        with closing(Prefetch(_stream_tensors(checkpoint, spec, conversion, dtype))) as stream:
+            if kind is OutputKind.TORCH_BIN:
+                from reformer_tools.hf import save_torch_state_dict
 
-            files = save_torch_state_dict(target.open(output.name), _reporting(stream, conversion, on_progress))
-        else:
-            files = _write_safetensors(checkpoint, spec, conversion, target, stream, max_shard_size, on_progress)
+                files = save_torch_state_dict(target.open(output.name), _reporting(stream, conversion, on_progress))
+            else:
+                files = _write_safetensors(checkpoint, spec, conversion, target, stream, max_shard_size, on_progress)
         target.commit()
     tensor_bytes = sum(size for name, size in files if name.endswith((".safetensors", ".bin")))
     return ConversionResult(output, kind, tuple(files), len(conversion.tensors), tensor_bytes)

@@ -12,12 +12,12 @@ mode), and reads concatenated members and trailing zero padding like ``gzip``.
 from __future__ import annotations
 
 import io
-import queue
-import threading
 import types
 import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO, Final
+
+from reformer_tools.prefetch import Prefetch
 
 _inflate_module: types.ModuleType
 try:  # ISA-L: the same API as zlib, faster inflate
@@ -28,7 +28,6 @@ except ImportError:  # pragma: no cover - exercised where isal has no wheel
 _GZIP_WBITS: Final = 31  # zlib: expect a gzip header and trailer
 _CHUNK: Final = 4 << 20
 _AHEAD: Final = 4  # decompressed pieces queued ahead of the consumer (~16 MiB)
-_POLL: Final = 0.1
 
 INFLATE_BACKEND: Final = "isal" if _inflate_module is not zlib else "zlib"
 
@@ -68,42 +67,14 @@ def inflate_members(raw: BinaryIO, inflate: Any = _inflate_module) -> Iterator[b
             yield piece
 
 
-class _End:
-    def __init__(self, error: BaseException | None = None) -> None:
-        self.error = error
-
-
 class GzipReader(io.RawIOBase):
-    """Raw reader of the decompressed bytes; wrap it in ``io.BufferedReader``."""
+    """Raw reader of the decompressed bytes, inflated ahead in a worker; wrap it in ``io.BufferedReader``."""
 
     def __init__(self, raw: BinaryIO, inflate: Any = _inflate_module) -> None:
         self._raw = raw
-        self._pieces: queue.Queue[bytes | _End] = queue.Queue(maxsize=_AHEAD)
-        self._stop = threading.Event()
+        self._pieces = Prefetch(inflate_members(raw, inflate), depth=_AHEAD)
         self._piece = b""
         self._offset = 0
-        self._ended: _End | None = None
-        self._worker = threading.Thread(target=self._inflate, args=(inflate,), name="gzip-inflate", daemon=True)
-        self._worker.start()
-
-    def _inflate(self, inflate: Any) -> None:
-        end = _End()
-        try:
-            for piece in inflate_members(self._raw, inflate):
-                if not self._put(piece):
-                    return
-        except BaseException as error:  # raised in the consumer's thread
-            end = _End(error)
-        self._put(end)
-
-    def _put(self, item: bytes | _End) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._pieces.put(item, timeout=_POLL)
-                return True
-            except queue.Full:
-                continue
-        return False
 
     def readable(self) -> bool:
         return True
@@ -113,15 +84,10 @@ class GzipReader(io.RawIOBase):
         if not len(view):
             return 0
         while self._offset >= len(self._piece):
-            if self._ended is not None:
-                if self._ended.error is not None:
-                    raise self._ended.error
+            piece = next(self._pieces, None)
+            if piece is None:
                 return 0
-            item = self._pieces.get()
-            if isinstance(item, _End):
-                self._ended = item
-                continue
-            self._piece, self._offset = item, 0
+            self._piece, self._offset = piece, 0
         count = min(len(view), len(self._piece) - self._offset)
         view[:count] = self._piece[self._offset : self._offset + count]
         self._offset += count
@@ -129,8 +95,7 @@ class GzipReader(io.RawIOBase):
 
     def stop(self) -> None:
         """Stop inflating ahead and wait for the worker; the raw file is then free to use."""
-        self._stop.set()
-        self._worker.join()
+        self._pieces.close()
 
     def close(self) -> None:
         if not self.closed:

@@ -1,10 +1,9 @@
-"""Run a generator one step ahead in a background thread.
+"""Run an iterator a few steps ahead in a background thread.
 
-Conversion is a pipeline: inflate/read the next array, transform it, write
-it. zlib/ISA-L, numpy copies and file writes all release the GIL, so reading
-and transforming tensor i+1 in a worker while the caller writes tensor i uses
-both cores; the queue holds at most ``depth`` items, so memory stays at a few
-tensors.
+Conversion is a pipeline: inflate/read the next array, transform it, write it.
+zlib/ISA-L, numpy copies and file writes all release the GIL, so producing item
+i+1 in a worker while the caller consumes item i uses both cores; the queue
+holds at most ``depth`` items, so memory stays at a few tensors.
 """
 
 from __future__ import annotations
@@ -19,23 +18,26 @@ _POLL: Final = 0.1  # seconds between checks that the consumer still wants items
 
 
 class _Done:
-    pass
-
-
-class _Failed:
-    def __init__(self, error: BaseException) -> None:
+    def __init__(self, error: BaseException | None = None) -> None:
         self.error = error
 
 
-class _Prefetcher(Generic[T]):
-    def __init__(self, source: Iterable[T], depth: int) -> None:
-        self._queue: queue.Queue[T | _Done | _Failed] = queue.Queue(maxsize=depth)
+class Prefetch(Generic[T], Iterator[T]):
+    """Iterate ``source`` in a worker thread, at most ``depth`` items ahead.
+
+    Errors raised by the source are raised by ``next`` in the consumer's thread.
+    ``close`` stops the worker and waits for it, so whatever the source reads
+    (a file) is free again when it returns.
+    """
+
+    def __init__(self, source: Iterable[T], depth: int = 1) -> None:
+        self._queue: queue.Queue[T | _Done] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._source = iter(source)
-        self._thread = threading.Thread(target=self._produce, name="reformer-tools-prefetch", daemon=True)
+        self._done: _Done | None = None
+        self._thread = threading.Thread(target=self._produce, args=(iter(source),), name="prefetch", daemon=True)
         self._thread.start()
 
-    def _put(self, item: T | _Done | _Failed) -> bool:
+    def _put(self, item: T | _Done) -> bool:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=_POLL)
@@ -44,33 +46,31 @@ class _Prefetcher(Generic[T]):
                 continue
         return False
 
-    def _produce(self) -> None:
+    def _produce(self, source: Iterator[T]) -> None:
         try:
-            for item in self._source:
+            for item in source:
                 if not self._put(item):
                     break
             else:
                 self._put(_Done())
         except BaseException as error:  # handed to the consumer, raised there
-            self._put(_Failed(error))
+            self._put(_Done(error))
         finally:
-            close = getattr(self._source, "close", None)
+            close = getattr(source, "close", None)
             if close is not None:
-                close()  # run the source's cleanup (open files) in the thread that ran it
+                close()  # the source's own cleanup, in the thread that ran it
 
-    def items(self) -> Iterator[T]:
-        try:
-            while True:
-                item = self._queue.get()
-                if isinstance(item, _Done):
-                    return
-                if isinstance(item, _Failed):
-                    raise item.error
-                yield item
-        finally:
-            self._stop.set()
+    def __next__(self) -> T:
+        if self._done is None:
+            item = self._queue.get()
+            if not isinstance(item, _Done):
+                return item
+            self._done = item
+            self.close()
+        if self._done.error is not None:
+            raise self._done.error
+        raise StopIteration
 
-
-def prefetch(source: Iterable[T], depth: int = 1) -> Iterator[T]:
-    """Iterate ``source`` in a worker thread, at most ``depth`` items ahead."""
-    return _Prefetcher(source, depth).items()
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
