@@ -27,13 +27,14 @@ class _Group(click.Group):
         except ReformerToolsError as failure:
             _fail(ctx, str(failure), failure.exit_code, failure)
         except KeyboardInterrupt:
-            _fail(ctx, "interrupted; nothing was written", 130, None)
+            _fail(ctx, "interrupted; nothing was written", ExitCode.INTERRUPTED, None)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except MemoryError as failure:
             _fail(ctx, "out of memory", ExitCode.UNREADABLE, failure)
         except Exception as failure:  # a bug: still one line, traceback with --debug
-            _fail(ctx, f"internal error: {type(failure).__name__}: {failure} (rerun with --debug)", 70, failure)
+            message = f"internal error: {type(failure).__name__}: {failure} (please report it with --debug output)"
+            _fail(ctx, message, ExitCode.INTERNAL, failure)
 
 
 def _fail(ctx: click.Context, message: str, code: int, failure: BaseException | None) -> NoReturn:

@@ -14,6 +14,8 @@ class ExitCode(IntEnum):
     UNREADABLE = 3
     UNSAFE = 4
     OUTPUT = 5
+    INTERNAL = 70  # a bug in reformer-tools (EX_SOFTWARE)
+    INTERRUPTED = 130  # SIGINT or SIGTERM, as shells report Ctrl-C
 
 
 class ReformerToolsError(Exception):

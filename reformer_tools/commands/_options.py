@@ -19,6 +19,8 @@ Exit codes:
      not Trax, or a layout Hugging Face's Reformer cannot represent)
   4  unsafe content refused: the pickle references code outside the allow-list
   5  the output could not be written (nothing is left behind)
+  70 internal error: a bug in reformer-tools (--debug shows where)
+  130 interrupted (Ctrl-C or SIGTERM); nothing is left behind
 """
 
 
@@ -37,6 +39,10 @@ debug_option = click.option(
 )
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead.")
+
+gin_option = click.option(
+    "--gin", "gin_path", type=click.Path(path_type=Path, dir_okay=False), help="A Trax config.gin to read."
+)
 
 config_option = click.option(
     "--config",

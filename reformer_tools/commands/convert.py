@@ -17,6 +17,7 @@ from reformer_tools.commands._options import (
     checkpoint_argument,
     config_option,
     debug_option,
+    gin_option,
     json_option,
     max_decompressed_option,
 )
@@ -45,7 +46,7 @@ def _pick(name: str, new: Any, legacy: Any, legacy_name: str) -> Any:
 @click.command(epilog=EXIT_CODES_HELP)
 @checkpoint_argument(required=False)
 @config_option
-@click.option("--gin", "gin_path", type=click.Path(path_type=Path, dir_okay=False), help="A config.gin to read.")
+@gin_option
 @click.option(
     "-o",
     "--output",

@@ -18,6 +18,7 @@ from reformer_tools.commands._options import (
     checkpoint_argument,
     config_option,
     debug_option,
+    gin_option,
     json_option,
     max_decompressed_option,
 )
@@ -30,7 +31,7 @@ from reformer_tools.sizes import format_size
 @click.command(epilog=EXIT_CODES_HELP)
 @checkpoint_argument()
 @config_option
-@click.option("--gin", "gin_path", type=click.Path(path_type=Path, dir_okay=False), help="A config.gin to read.")
+@gin_option
 @json_option
 @click.option("--depth", type=click.IntRange(min=1), help="Collapse the tree below this many levels.")
 @click.option("--globals", "list_globals", is_flag=True, help="List every global the pickle references; load nothing.")

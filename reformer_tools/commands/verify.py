@@ -16,6 +16,7 @@ from reformer_tools.commands._options import (
     checkpoint_argument,
     config_option,
     debug_option,
+    gin_option,
     json_option,
     max_decompressed_option,
 )
@@ -30,7 +31,7 @@ from reformer_tools.verification import VerifyReport, verify_checkpoint, verify_
 @checkpoint_argument()
 @click.argument("converted", required=False, type=click.Path(path_type=Path, exists=False), metavar="[CONVERTED]")
 @config_option
-@click.option("--gin", "gin_path", type=click.Path(path_type=Path, dir_okay=False), help="A config.gin to read.")
+@gin_option
 @click.option(
     "--numerics", is_flag=True, help="Also run the converted model against a NumPy reference of Trax's forward pass."
 )
