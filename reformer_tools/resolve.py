@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ def resolve_spec(
         if required:
             raise
         return None
+    spec = inferred.spec
     messages = [f"config inferred from the weight shapes: {', '.join(sorted(inferred.inferred))}"]
     if gin is not None:
         messages.append(f"from {gin_file}: {', '.join(sorted(overrides)) or 'nothing applicable'}")
@@ -63,6 +64,7 @@ def resolve_spec(
             from reformer_tools.gin_config import attention_disagreements
 
             messages.extend(attention_disagreements(gin, inferred.spec.attn_layers))
+            spec = _with_shared_qk_from_gin(spec, gin.attention_kinds)
     if inferred.defaulted:
         messages.append(
             "defaulted (not visible in the weights"
@@ -72,4 +74,19 @@ def resolve_spec(
         )
     messages.extend(inferred.caveats)
     source = "the config inferred from the weight shapes" + (f" and {gin_file}" if gin_file else "")
-    return ResolvedSpec(inferred.spec, source, messages, gin)
+    return ResolvedSpec(spec, source, messages, gin)
+
+
+def _with_shared_qk_from_gin(spec: ReformerSpec, gin_kinds: tuple[str, ...]) -> ReformerSpec:
+    """Three attention arrays are LSH or shared-QK local attention; config.gin tells which.
+
+    Where it says shared-QK local, the layer is marked local, so the mapper names
+    the layout Hugging Face cannot represent instead of converting it as LSH.
+    """
+    if len(gin_kinds) != spec.num_layers:
+        return spec
+    kinds = tuple(
+        "local" if said == "local-shared-qk" and found == "lsh" else found
+        for said, found in zip(gin_kinds, spec.attn_layers, strict=True)
+    )
+    return replace(spec, attn_layers=kinds)
