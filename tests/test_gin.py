@@ -55,15 +55,15 @@ def other_notes(gin: GinSettings) -> list[str]:
 
 LOCAL_LSH_12 = ("local", "local", "lsh", "local") * 3
 
-# ------------------------------------------------------------------ real gin files from Trax's history
+# ------------------------------------------- gin files in the layouts Trax used (written for these tests)
 
 
 def test_enwik8_v1_2_4_old_axial_names_macros_and_cycled_attention() -> None:
-    gin = read_gin(GIN / "reformer_enwik8_v1.2.4.gin")
+    gin = read_gin(GIN / "enwik8_trax124_style.gin")
     assert gin.overrides == {
         "hidden_size": 1024,
         "feed_forward_size": 4096,
-        "attention_head_size": 128,  # %attn_kv
+        "attention_head_size": 128,  # %key_depth
         "num_attention_heads": 8,
         "vocab_size": 258,
         "hidden_dropout_prob": 0.2,
@@ -101,8 +101,8 @@ def test_enwik8_v1_2_4_old_axial_names_macros_and_cycled_attention() -> None:
 
 
 def test_enwik8_master_pos_axial_shape_without_pos_type_is_plain_positions() -> None:
-    """Trax's own enwik8 config sets pos_axial_shape but not pos_type: Trax then uses PositionalEncoding."""
-    gin = read_gin(GIN / "reformer_enwik8_a6a508e8.gin")
+    """pos_axial_shape set but pos_type unbound (as in Trax's own enwik8 config): Trax uses PositionalEncoding."""
+    gin = read_gin(GIN / "enwik8_master_style.gin")
     assert gin.overrides["axial_pos_embds"] is False
     assert gin.overrides["max_position_embeddings"] == 65536
     assert "axial_pos_shape" not in gin.overrides
@@ -114,11 +114,11 @@ def test_enwik8_master_pos_axial_shape_without_pos_type_is_plain_positions() -> 
 
 
 def test_copy_config_fixed_base_positions_and_single_lsh_type() -> None:
-    gin = read_gin(GIN / "reformer_copy_a6a508e8.gin")
+    gin = read_gin(GIN / "copy_task_style.gin")
     assert has_note(gin, "pos_type = 'fixed-base'", "does not have")
     assert "axial_pos_embds" not in gin.overrides
-    assert gin.overrides["max_position_embeddings"] == 64  # %twice_max_len
-    assert gin.overrides["vocab_size"] == 13  # %vocab_size
+    assert gin.overrides["max_position_embeddings"] == 64  # %double_seq
+    assert gin.overrides["vocab_size"] == 13  # %tokens
     assert gin.attention_kinds == ("lsh", "lsh", "lsh")
     assert gin.overrides["num_buckets"] == [32, 32]
     assert gin.overrides["num_hashes"] == 2
@@ -130,8 +130,8 @@ def test_copy_config_fixed_base_positions_and_single_lsh_type() -> None:
 
 
 def test_crime_and_punishment_colab() -> None:
-    """The colab config (trax 1.2.3) of the model Hugging Face converted as reformer-crime-and-punishment."""
-    gin = read_gin(GIN / "text_generation_ab8148a4.gin")
+    """The settings of the colab (trax 1.2.3) whose model Hugging Face published as reformer-crime-and-punishment."""
+    gin = read_gin(GIN / "crime_and_punishment_style.gin")
     assert model_keys(gin) == {
         "hidden_size": 256,
         "feed_forward_size": 512,
@@ -161,27 +161,17 @@ def test_crime_and_punishment_colab() -> None:
 
 
 def test_first_reformer_colab_v1_attention_is_not_representable(gin_text: ReadText) -> None:
-    """Excerpt of text_generation.ipynb at 9dbf8636 (2020-01-15): Trax 1.2's first attention classes."""
+    """Trax 1.2's first attention classes (used by the January 2020 colabs): no Hugging Face equivalent."""
     gin = gin_text(
         """
-        n_layers = 6
-        attn_type = [
-          @TimeBinCausalAttention,
-          @LSHCausalAttention,
-          @TimeBinCausalAttention,
-          @LSHCausalAttention,
-          @TimeBinCausalAttention,
-          @LSHCausalAttention,
-          ]
-        share_qk = False  # LSHCausalAttention ignores this flag and always shares q & k
+        kinds = [@TimeBinCausalAttention, @LSHCausalAttention]
+        ReformerLM.n_layers = 2
+        ReformerLM.attention_type = %kinds
+        ReformerLM.share_qk = False
         TimeBinCausalAttention.bin_length = 64
-        TimeBinCausalAttention.share_qk = %share_qk
-        LSHCausalAttention.n_buckets = 8192
-        ReformerLM.attention_type = %attn_type
-        ReformerLM.n_layers = %n_layers
-        ReformerLM.share_qk = %share_qk
+        LSHCausalAttention.n_buckets = 1024
         ReformerLM.axial_pos_shape = (512, 1024)
-        ReformerLM.d_axial_pos_embs= (64, 192)
+        ReformerLM.d_axial_pos_embs = (64, 192)
         """
     )
     assert gin.attention_kinds is None
