@@ -12,6 +12,8 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from reformer_tools.untrusted import printable
+
 # No ``file=``: rich resolves sys.stdout/sys.stderr on each write, which lets
 # click's CliRunner capture both streams.
 # Piped output is not wrapped at 80 columns: tables of long keys stay one row each.
@@ -22,10 +24,7 @@ err = Console(stderr=True, highlight=False)
 
 def sanitize(text: str, limit: int = 300) -> str:
     """Make text from a checkpoint safe for a terminal: no control characters, no markup."""
-    cleaned = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text[:limit])
-    if len(text) > limit:
-        cleaned += "..."
-    return escape(cleaned)
+    return escape(printable(text, limit))
 
 
 def error(message: str) -> None:

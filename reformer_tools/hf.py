@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, BinaryIO
 
@@ -16,9 +17,13 @@ def torch_tensor(array: npt.NDArray[Any], dtype: str) -> Any:
     """A torch tensor sharing the storage array's memory (bfloat16 from its bits)."""
     import torch
 
-    if dtype == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(array))
+    data = np.ascontiguousarray(array)
+    with warnings.catch_warnings():
+        # Memory-mapped sources are read-only; the tensor only goes to torch.save, which never writes to it.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        if dtype == "bfloat16":
+            return torch.from_numpy(data.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(data)
 
 
 def save_torch_state_dict(

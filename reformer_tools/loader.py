@@ -15,8 +15,11 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
+import itertools
 import math
 import os
+import re
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,12 +39,21 @@ from reformer_tools.errors import (
 )
 from reformer_tools.gzip_stream import GzipError, GzipReader
 from reformer_tools.safe_pickle import BFloat16Array, ShapeDtype, TraxHistory
+from reformer_tools.sizes import format_size
+from reformer_tools.untrusted import printable
 
 #: Default cap on decompressed bytes: generous for real checkpoints (float
 #: weights barely compress), small enough to stop a gzip bomb early.
 DEFAULT_MAX_RATIO: Final = 64
 DEFAULT_MIN_LIMIT: Final = 1 << 30
 MAX_TREE_DEPTH: Final = 1000
+#: Weight arrays one checkpoint may hold (a Trax Reformer has hundreds) and tree
+#: nodes it may visit: a list holding one list twice, 100 levels deep, is 2**100
+#: nodes and would otherwise cost minutes and gigabytes of leaf records.
+MAX_ARRAYS = 100_000
+MAX_TREE_NODES = 1_000_000
+_MAX_METADATA_ITEMS: Final = 100
+_HEAD: Final = 256  # bytes sniffed to tell pickle, .npy, gzip, JSON and text apart
 _CHUNK: Final = 16 << 20
 _NPY_MAGIC: Final = b"\x93NUMPY"
 _GZIP_MAGIC: Final = b"\x1f\x8b"
@@ -234,11 +246,11 @@ class _Source:
         if self.consumed + n > self._limit:
             if self._compressed:
                 raise UnreadableCheckpointError(
-                    f"decompressed data exceeds the {_format_bytes(self._limit)} limit ({self._limit_note})"
+                    f"decompressed data exceeds the {format_size(self._limit, binary=True)} limit ({self._limit_note})"
                 )
             raise UnreadableCheckpointError(
-                f"truncated or corrupt: a record claims {_format_bytes(n)} but only "
-                f"{_format_bytes(self._limit - self.consumed)} remain in the file"
+                f"truncated or corrupt: a record claims {format_size(n, binary=True)} but only "
+                f"{format_size(self._limit - self.consumed, binary=True)} remain in the file"
             )
 
     def read_exact(self, n: int) -> bytes:
@@ -354,15 +366,6 @@ def _hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _format_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 @dataclass
 class _OpenFile:
     """An open checkpoint file: its source and, for gzip, the hashing layer."""
@@ -373,7 +376,14 @@ class _OpenFile:
     compressed: bool
 
     def finish(self) -> str | None:
-        """The file's sha256, if every byte went through the hash (else None)."""
+        """The file's sha256, if every byte went through the hash (else None).
+
+        For gzip, first read to the end of the compressed data: its CRC and
+        length are checked only there, after the pickle's STOP, so without
+        this a truncated or corrupted file would load as if it were whole.
+        """
+        if self.compressed and not self.source.at_eof():
+            raise UnreadableCheckpointError("unexpected data after the end of the pickle")
         if self.source.skipped:
             return None
         self.source.stop()
@@ -394,7 +404,8 @@ def _open(
     ``keep_payloads`` False: skip payloads that cannot be mapped (shapes only).
     """
     try:
-        raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by _OpenFile.close
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait forever for a writer.
+        raw = open(path, "rb", buffering=0, opener=_open_nonblocking)  # noqa: SIM115 - closed by _OpenFile.close
     except IsADirectoryError:
         raise UnreadableCheckpointError(_directory_hint(path)) from None
     except FileNotFoundError:
@@ -404,9 +415,13 @@ def _open(
     except OSError as error:
         raise UnreadableCheckpointError(error.strerror or str(error)) from None
     try:
-        size = os.fstat(raw.fileno()).st_size
+        status = os.fstat(raw.fileno())
+        size = status.st_size
         if path.is_dir():
             raise UnreadableCheckpointError(_directory_hint(path))
+        if not stat.S_ISREG(status.st_mode):
+            raise UnreadableCheckpointError("not a regular file (a pipe, socket or device)")
+        os.set_blocking(raw.fileno(), True)
         if size == 0:
             raise UnreadableCheckpointError("the file is empty")
         hasher = _HashingReader(raw)
@@ -430,15 +445,19 @@ def _open(
                 limit_note=note,
                 keep_payloads=keep_payloads,
             )
-            head = source.peek(8)
+            head = source.peek(_HEAD)
         else:
             mapped = path if map_payloads else None
             source = _Source(buffered, name=path.name, limit=size, compressed=False, limit_note="", mapped=mapped)
-            head = source.peek(8)
+            head = source.peek(_HEAD)
         return _OpenFile(source, hasher, head, compressed)
     except BaseException:
         raw.close()
         raise
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def _directory_hint(path: Path) -> str:
@@ -464,10 +483,15 @@ def _sniff(head: bytes) -> str:
     return f"it starts with bytes {head[:4].hex(' ')}"
 
 
+# A protocol 0 pickle may open with GLOBAL ("cos\nsystem\n(S'...'\ntR."): treat
+# it as a pickle, so that it is refused as unsafe by name instead of called text.
+_PROTOCOL0_GLOBAL: Final = re.compile(rb"c[A-Za-z_][\w.]*\n[A-Za-z_][\w.]*\n")
+
+
 def _is_pickle(head: bytes) -> bool:
     if head[:1] == b"\x80":
         return len(head) > 1 and 2 <= head[1] <= 5
-    return head[:1] in (b"(", b"}", b"]", b")")  # protocol 0/1 openers
+    return head[:1] in (b"(", b"}", b"]", b")") or _PROTOCOL0_GLOBAL.match(head) is not None  # protocol 0/1
 
 
 # ------------------------------------------------------------------ public entry
@@ -585,13 +609,13 @@ def _describe_tree_checkpoint(obj: dict[Any, Any], version: str | None) -> str:
         return f"trax Trainer checkpoint, nested weights (version {version}, trax 1.2.x)"
     if set(obj) == {"weights"}:
         return "pickled weights tree ({'weights': ...}, as Hugging Face's script reads)"
-    return "trax pickle with a nested weights tree (trax 1.2.x)"
+    return "trax Trainer checkpoint, nested weights (early 2020, before version stamps)"
 
 
 def _describe_flat_checkpoint(obj: dict[Any, Any], version: str | None, compressed: bool) -> str:
     container = "gzip pickle" if compressed else "pickle"
     if version is None:
-        return f"trax Layer.save_to_file {container}, flat weights (trax >= 1.3.7)"
+        return f"trax Layer.save_to_file {container}, flat weights (trax >= 1.3.8)"
     origin = "Trainer" if version == "Jun-18-2020" else "training.Loop"
     return f"trax {origin} checkpoint, {container} with flat weights (version {version})"
 
@@ -607,8 +631,7 @@ def _side_file_checkpoint(
 ) -> TraxCheckpoint:
     """``flat_weights`` is an int: its meaning depends on which side file exists."""
     name = path.name
-    base = name[: -len("pkl.gz")] if name.endswith("pkl.gz") else name + "."
-    candidates = [path.with_name(base + "weights.npy.gz"), path.with_name(name + ".npy")]
+    candidates = _side_file_candidates(path)
     for side in candidates:
         if side.exists():
             return TraxCheckpoint(
@@ -631,6 +654,13 @@ def _side_file_checkpoint(
     raise UnreadableCheckpointError(
         f"'flat_weights' is {flat}: the weights live in a side file, but none exists ({looked})"
     )
+
+
+def _side_file_candidates(path: Path) -> list[Path]:
+    """Where training.Loop (and Layer.save_to_file) put the weights of ``path``."""
+    name = path.name
+    base = name[: -len("pkl.gz")] if name.endswith("pkl.gz") else name + "."
+    return [path.with_name(base + "weights.npy.gz"), path.with_name(name + ".npy")]
 
 
 def _sharded_checkpoint(
@@ -706,6 +736,8 @@ def _stream_npy_records(checkpoint: TraxCheckpoint, *, headers_only: bool) -> It
                 record = _read_npy_header(opened.source)
                 if record is None:
                     break
+                if index >= MAX_ARRAYS:
+                    raise UnreadableCheckpointError(f"holds more than {MAX_ARRAYS:,} arrays")
                 shape, dtype, fortran = record
                 nbytes = math.prod(shape) * dtype.itemsize
                 logical = "bfloat16" if dtype == np.dtype("<u2") else dtype.newbyteorder("=").name
@@ -729,8 +761,12 @@ def _stream_npy_records(checkpoint: TraxCheckpoint, *, headers_only: bool) -> It
         raise _with_file(error, side) from None
 
 
-def _read_npy_header(source: _Source) -> tuple[tuple[int, ...], np.dtype[Any], bool] | None:
-    """Parse one .npy record header; None at a clean end of stream."""
+def _read_npy_header(source: _Source, *, objects: bool = False) -> tuple[tuple[int, ...], np.dtype[Any], bool] | None:
+    """Parse one .npy record header; None at a clean end of stream.
+
+    ``objects``: return object-dtype records instead of refusing them (scan mode
+    reads the pickle that follows such a header, for its globals).
+    """
     if source.at_eof():
         return None
     magic = source.read_exact(len(_NPY_MAGIC))
@@ -762,9 +798,13 @@ def _read_npy_header(source: _Source) -> tuple[tuple[int, ...], np.dtype[Any], b
     except TypeError:
         raise UnreadableCheckpointError(f".npy record has an unknown dtype {descr!r}") from None
     if dtype.kind == "O":
+        if objects:
+            return shape, dtype, fortran
         raise UnsafeCheckpointError(".npy record holds Python objects (needs pickle; refused)")
     if dtype.kind not in "biufc":
         raise UnreadableCheckpointError(f".npy record has an unsupported dtype {descr!r}")
+    # A shape numpy cannot make (an empty array 10**30 wide) would fail in reshape, untyped.
+    safe_pickle.check_shape(shape, dtype.itemsize, ".npy record")
     return shape, dtype, fortran
 
 
@@ -784,7 +824,7 @@ def _flatten_weights(tree: Any, root: str, *, flat: bool = False) -> tuple[list[
     """
     arrays: list[Array | None] = []
     leaves: list[Leaf] = []
-    budget = 10_000_000  # nodes; a tree that shares itself exponentially stops here
+    budget = MAX_TREE_NODES  # a tree that shares itself exponentially stops here
     todo: list[tuple[Any, str, int]] = [(tree, root, 0)]
     while todo:
         node, path, depth = todo.pop()
@@ -802,6 +842,8 @@ def _flatten_weights(tree: Any, root: str, *, flat: bool = False) -> tuple[list[
             for key in reversed(list(node)):
                 todo.append((node[key], f"{path}[{_printable_key(key)}]", depth + 1))
         else:
+            if len(arrays) >= MAX_ARRAYS:
+                raise UnreadableCheckpointError(f"the weights hold more than {MAX_ARRAYS:,} arrays")
             array, dtype = _leaf_array(node, path)
             leaves.append(Leaf(len(arrays), path, tuple(array.shape), dtype))
             arrays.append(array)
@@ -816,6 +858,7 @@ def _is_bfloat16_pair(node: Any) -> bool:
         and len(node) == 2
         and isinstance(node[0], np.ndarray)
         and node[0].dtype == np.uint16
+        and type(node[1]) is str  # before ==: an array's == is elementwise, its truth value ambiguous
         and node[1] == "bfloat16"
     )
 
@@ -835,7 +878,7 @@ def _leaf_array(node: Any, path: str) -> tuple[Array, str]:
 
 def _printable_key(key: Any) -> str:
     text = repr(key) if isinstance(key, str) else str(key)
-    return safe_pickle._printable(text, 80)
+    return printable(text, 80)
 
 
 def _describe_type(value: Any) -> str:
@@ -848,11 +891,17 @@ def _describe_type(value: Any) -> str:
 
 
 def _summarize(entries: dict[Any, Any], path: Path | None = None) -> list[MetadataItem]:
-    """One line per non-weight entry: optimizer slots, history, state, ..."""
+    """One line per non-weight entry: optimizer slots, history, state, ...
+
+    At most ``_MAX_METADATA_ITEMS`` of them: a Trax checkpoint has about ten, and
+    a million keys would otherwise keep ``inspect`` printing for minutes.
+    """
     items = []
-    for key, value in entries.items():
+    for key, value in itertools.islice(entries.items(), _MAX_METADATA_ITEMS):
         label = _printable_key(key).strip("'")
         items.append(MetadataItem(label, _summarize_value(label, value, path)))
+    if len(entries) > _MAX_METADATA_ITEMS:
+        items.append(MetadataItem("...", f"{len(entries) - _MAX_METADATA_ITEMS:,} more entries, not shown"))
     return items
 
 
@@ -876,11 +925,13 @@ def _summarize_value(key: str, value: Any, path: Path | None) -> str:
     ):
         return ", ".join(f"{_printable_key(k).strip(chr(39))}={_scalar(v)}" for k, v in list(value.items())[:8])
     if isinstance(value, int | float | str | bool) or value is None:
-        return safe_pickle._printable(repr(value), 120)
+        return printable(repr(value), 120)
     count, nbytes = _count_arrays(value)
     if count:
-        return f"{count} arrays, {_format_bytes(nbytes)}"
-    return _describe_type(value) if not isinstance(value, list | tuple | dict) else f"empty {type(value).__name__}"
+        return f"{count} arrays, {format_size(nbytes)}"
+    if isinstance(value, list | tuple | dict):
+        return f"{type(value).__name__} of {len(value)} items, no arrays" if value else f"empty {type(value).__name__}"
+    return _describe_type(value)
 
 
 def _summarize_history(values: Any) -> str:
@@ -942,7 +993,8 @@ def scan_globals(path: str | os.PathLike[str], *, max_decompressed: int | None =
     """List the globals of a checkpoint's pickles (the main file and any shard files).
 
     The pickle runs in scan mode: globals are recorded, nothing is called or
-    built. ``.npy`` side files hold no globals and are not read.
+    built. ``.npy`` side files are read too: an object array in one is stored
+    as a pickle, whose globals are listed like any other's.
     """
     path = Path(path)
     results = [_scan_file(path, max_decompressed)]
@@ -951,15 +1003,16 @@ def scan_globals(path: str | os.PathLike[str], *, max_decompressed: int | None =
     while (candidate := path.with_name(f"{name}.shard{shard}")).exists():
         results.append(_scan_file(candidate, max_decompressed))
         shard += 1
+    results.extend(_scan_file(side, max_decompressed) for side in _side_file_candidates(path) if side.is_file())
     return results
 
 
 def _scan_file(path: Path, max_decompressed: int | None) -> FileGlobals:
     try:
-        opened = _open(path, max_decompressed)
+        opened = _open(path, max_decompressed, keep_payloads=False)  # payloads are not needed to scan
         try:
             if opened.head.startswith(_NPY_MAGIC):
-                return FileGlobals(path, [])
+                return FileGlobals(path, _scan_npy_records(opened.source))
             if not _is_pickle(opened.head):
                 raise UnreadableCheckpointError(f"not a pickle ({_sniff(opened.head)})")
             return FileGlobals(path, safe_pickle.Machine(opened.source, scan=True).scan())
@@ -967,3 +1020,15 @@ def _scan_file(path: Path, max_decompressed: int | None) -> FileGlobals:
             opened.close()
     except ReformerToolsError as error:
         raise _with_file(error, path) from None
+
+
+def _scan_npy_records(source: _Source) -> list[safe_pickle.GlobalReference]:
+    """The globals of a stream of .npy records: those of its object arrays' pickles."""
+    references: list[safe_pickle.GlobalReference] = []
+    while (record := _read_npy_header(source, objects=True)) is not None:
+        shape, dtype, _fortran = record
+        if dtype.kind == "O":  # numpy wrote the array with pickle; it ends at its STOP
+            references.extend(safe_pickle.Machine(source, scan=True).scan())
+        else:
+            source.skip(math.prod(shape) * dtype.itemsize)
+    return references

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from reformer_tools.errors import UnreadableCheckpointError, UnsafeCheckpointError
+from reformer_tools.untrusted import printable
 
 # Small strings stay ``bytes``; payloads at least this long are read into numpy
 # buffers so that arrays can be views of them without another copy.
@@ -32,6 +33,17 @@ _MAX_LONG_BYTES: Final = 64  # a 512-bit integer is plenty for any Trax metadata
 _MAX_LINE: Final = 1 << 16
 _MAX_NDIM: Final = 32
 _MAX_CONTAINER_ITEMS: Final = 1 << 28
+# Hashing a tuple recurses in C without a depth check: a key nested 200,000
+# deep crashes the interpreter (SIGSEGV) instead of raising.
+_MAX_KEY_DEPTH: Final = 100
+_MAX_GLOBAL_NAME: Final = 1024  # characters in a module or name; real ones are far shorter
+_MAX_GLOBAL_REFERENCES: Final = 10_000  # Trax pickles reference fewer than ten
+_MAX_ARRAY_BYTES: Final = (1 << 63) - 1  # numpy's limit for any shape, even an empty one
+#: Opcodes one pickle may run. Each opcode can leave an object of up to ~100
+#: bytes behind (a MARK or EMPTY_DICT costs one byte of input), so without a cap
+#: a 1 MB gzip of ``(((...`` would grow memory without bound for minutes. Trax
+#: checkpoints run a few dozen opcodes per array. Read at each load (tests lower it).
+MAX_OPCODES = 5_000_000
 
 
 class ByteSource(Protocol):
@@ -157,6 +169,8 @@ ALLOWED_GLOBALS: Final[dict[tuple[str, str], str]] = {
     ("builtins", "dict"): "a defaultdict's factory",
     ("builtins", "int"): "a defaultdict's factory",
     ("builtins", "float"): "a defaultdict's factory",
+    # Protocol 0-2 pickles (Python 2, or Python 3 with fix_imports) spell builtins "__builtin__".
+    **{("__builtin__", n): "a defaultdict's factory (Python 2 name)" for n in ("list", "dict", "int", "float")},
     ("trax.history", "History"): "training history (inert stand-in)",
     ("trax.supervised.history", "History"): "training history (inert stand-in)",
     ("trax.shapes", "ShapeDtype"): "input signature (inert stand-in)",
@@ -165,7 +179,7 @@ ALLOWED_GLOBALS: Final[dict[tuple[str, str], str]] = {
     ("ml_dtypes", "bfloat16"): "bfloat16 dtype (kept as uint16 bits)",
 }
 
-_FACTORIES = {("builtins", n) for n in ("list", "dict", "int", "float")}
+_FACTORIES = {(module, n) for module in ("builtins", "__builtin__") for n in ("list", "dict", "int", "float")}
 _NUMPY_TYPES = {("numpy", n) for n in _NUMPY_SCALAR_TYPES}
 _DTYPE_KINDS = frozenset("biufc")
 
@@ -188,9 +202,32 @@ def _is_int(value: Any) -> bool:
 
 
 def _as_shape(value: Any, what: str) -> tuple[int, ...]:
-    _check(type(value) is tuple and len(value) <= _MAX_NDIM, f"{what}: shape is not a tuple")
+    _check(type(value) is tuple, f"{what}: shape is not a tuple")
+    _check(len(value) <= _MAX_NDIM, f"{what}: more than {_MAX_NDIM} dimensions")
     _check(all(_is_int(d) and d >= 0 for d in value), f"{what}: shape has a non-integer or negative size")
     return tuple(value)
+
+
+def check_shape(shape: tuple[int, ...], itemsize: int, what: str) -> None:
+    """Refuse shapes numpy cannot make: an empty array may still not have 10**30 columns.
+
+    numpy raises ValueError for them (after the byte count check passed, since
+    any shape with a 0 holds 0 bytes); that would escape as an internal error.
+    """
+    _check(len(shape) <= _MAX_NDIM, f"{what}: more than {_MAX_NDIM} dimensions")
+    _check(
+        math.prod(d for d in shape if d) * itemsize <= _MAX_ARRAY_BYTES,
+        f"{what}: shape {shape} is larger than any array can be",
+    )
+
+
+def _is_one_of(value: Any, *choices: str | bytes) -> bool:
+    """``value in choices`` for an untrusted value: never runs an array's ``__eq__``.
+
+    ``ndarray in ("C", "F")`` raises ValueError (an ambiguous truth value); the
+    type check first keeps such comparisons to plain strings and bytes.
+    """
+    return type(value) in (str, bytes) and value in choices
 
 
 def _as_dtype(value: Any, what: str) -> DType:
@@ -219,6 +256,7 @@ def _make_array(
 ) -> np.ndarray[Any, Any] | BFloat16Array:
     raw = _as_buffer(buffer, what)
     storage = dtype.storage if isinstance(dtype, _BFloat16DType) else dtype
+    check_shape(shape, storage.itemsize, what)
     expected = math.prod(shape) * storage.itemsize
     actual = raw.nbytes if isinstance(raw, np.ndarray | SkippedPayload) else len(raw)
     _check(actual == expected, f"{what}: shape {shape} needs {expected} bytes, the data has {actual}")
@@ -265,9 +303,9 @@ class _PendingDType(_Pending):
         order, subarray, names, fields = state[1:5]
         if subarray is not None or names is not None or fields is not None:
             raise RefusedPickle("numpy dtype: structured dtypes are refused")
-        _check(order in ("<", ">", "|", "="), "numpy dtype: malformed byte order")
+        _check(_is_one_of(order, "<", ">", "|", "="), "numpy dtype: malformed byte order")
         if isinstance(self.dtype, _BFloat16DType):
-            _check(order in ("<", "|", "="), "bfloat16 dtype: only little-endian is supported")
+            _check(_is_one_of(order, "<", "|", "="), "bfloat16 dtype: only little-endian is supported")
             return self.dtype
         return self.dtype.newbyteorder(order) if order in "<>" else self.dtype
 
@@ -301,14 +339,22 @@ def _reduce_reconstruct(args: tuple[Any, ...]) -> _PendingArray:
     subtype, shape, code = args
     if not (isinstance(subtype, Global) and subtype.name == "ndarray"):
         raise RefusedPickle(f"numpy _reconstruct: refuses array subtype {_type_name(subtype)}")
-    _check(shape == (0,) and code in (b"b", "b"), "numpy _reconstruct: unexpected arguments")
+    # Type checks before comparing: the arguments may be arrays (see _is_one_of).
+    _check(
+        type(shape) is tuple
+        and len(shape) == 1
+        and _is_int(shape[0])
+        and shape[0] == 0
+        and _is_one_of(code, b"b", "b"),
+        "numpy _reconstruct: unexpected arguments",
+    )
     return _PendingArray()
 
 
 def _reduce_frombuffer(args: tuple[Any, ...]) -> Any:
     _check(len(args) == 4, "numpy _frombuffer: wrong number of arguments")
     buffer, dtype, shape, order = args
-    _check(order in ("C", "F"), "numpy _frombuffer: malformed order")
+    _check(_is_one_of(order, "C", "F"), "numpy _frombuffer: malformed order")
     what = "numpy array"
     return _make_array(buffer, _as_dtype(dtype, what), _as_shape(shape, what), order == "F", what)
 
@@ -336,6 +382,10 @@ def _reduce_dtype(args: tuple[Any, ...]) -> _PendingDType:
         raise CorruptPickle(f"numpy dtype: unknown type code {spec!r}") from None
     if dtype.kind == "O":
         raise RefusedPickle("numpy dtype: object arrays are refused (they hold arbitrary objects)")
+    if dtype.kind == "V":
+        # A void dtype is how numpy pickles a structured one: its fields (which
+        # may hold objects) arrive with BUILD. Refuse it as the unsafe kind it is.
+        raise RefusedPickle("numpy dtype: structured dtypes are refused")
     if dtype.kind not in _DTYPE_KINDS:
         raise UnreadableCheckpointError(f"numpy dtype: unsupported dtype {dtype.str!r}")
     return _PendingDType(dtype)
@@ -356,8 +406,8 @@ def _reduce_jax_array(args: tuple[Any, ...]) -> Any:
 def _reduce_encode(args: tuple[Any, ...]) -> bytes:
     _check(len(args) in (1, 2) and type(args[0]) is str, "_codecs.encode: malformed arguments")
     encoding = args[1] if len(args) == 2 else "utf-8"
-    if encoding not in ("latin1", "latin-1"):
-        raise RefusedPickle(f"_codecs.encode: refuses encoding {encoding!r}")
+    if not _is_one_of(encoding, "latin1", "latin-1"):
+        raise RefusedPickle(f"_codecs.encode: refuses encoding {printable(repr(encoding), 60)}")
     text: str = args[0]
     try:
         return text.encode("latin-1")
@@ -366,7 +416,10 @@ def _reduce_encode(args: tuple[Any, ...]) -> bytes:
 
 
 def _reduce_ordered_dict(args: tuple[Any, ...]) -> dict[Any, Any]:
-    _check(args == () or (len(args) == 1 and args[0] in ([], ())), "OrderedDict: unexpected arguments")
+    _check(
+        len(args) == 0 or (len(args) == 1 and type(args[0]) in (list, tuple) and not args[0]),
+        "OrderedDict: unexpected arguments",
+    )
     return {}
 
 
@@ -400,6 +453,8 @@ _CLASSES: Final[dict[tuple[str, str], type[_Pending]]] = {
 def _type_name(value: Any) -> str:
     if isinstance(value, Global):
         return str(value)
+    if isinstance(value, _Pending):
+        return value.what
     return type(value).__name__
 
 
@@ -410,12 +465,14 @@ _HASHABLE_LEAVES = (str, bytes, int, float, bool, type(None))
 
 def _check_key(key: Any) -> None:
     # Only plain values may be dict keys or set members: hashing anything else
-    # could run code or fail in ways this module does not control.
-    todo = [key]
+    # could run code or fail in ways this module does not control. Nesting is
+    # bounded too: hashing a deeply nested tuple overflows the C stack.
+    todo = [(key, 0)]
     while todo:
-        item = todo.pop()
+        item, depth = todo.pop()
         if type(item) is tuple:
-            todo.extend(item)
+            _check(depth < _MAX_KEY_DEPTH, f"a key nested deeper than {_MAX_KEY_DEPTH} levels")
+            todo.extend((child, depth + 1) for child in item)
         elif type(item) not in _HASHABLE_LEAVES:
             raise CorruptPickle(f"unhashable {_type_name(item)} used as a key")
 
@@ -433,11 +490,12 @@ class GlobalReference:
     module: str
     name: str
     opcode: str
-    position: int
+    opcode_index: int  # how many opcodes ran before this one
 
     @property
     def allowed(self) -> bool:
-        return (self.module, self.name) in ALLOWED_GLOBALS
+        # INST names a global and calls it in one opcode; loading refuses INST whatever it names.
+        return self.opcode != "INST" and (self.module, self.name) in ALLOWED_GLOBALS
 
 
 class _Opaque:
@@ -466,10 +524,16 @@ class Machine:
         """Run the pickle to its STOP opcode and return the object it made."""
         read = self._source.read_exact
         dispatch = self._dispatch
+        limit = MAX_OPCODES
         try:
             while True:
                 code = read(1)
                 self._position += 1
+                if self._position > limit:
+                    raise UnreadableCheckpointError(
+                        f"the pickle runs more than {limit:,} opcodes (a limit against memory exhaustion; "
+                        "Trax checkpoints need far fewer)"
+                    )
                 handler = dispatch.get(code[0])
                 if handler is None:
                     raise CorruptPickle(f"unknown pickle opcode 0x{code[0]:02x}")
@@ -583,8 +647,8 @@ class Machine:
             b"\x95": self._op_frame,
             b"\x96": self._op_bytearray8,
             # Opcodes that create objects by other routes, or need outside help.
-            b"i": self._refuse("INST"),
-            b"o": self._refuse("OBJ"),
+            b"i": self._op_inst,
+            b"o": self._op_obj,
             b"P": self._refuse("PERSID"),
             b"Q": self._refuse("BINPERSID"),
             b"\x82": self._refuse("EXT1"),
@@ -878,6 +942,26 @@ class Machine:
             raise CorruptPickle("GLOBAL name is not UTF-8") from None
         self._push(self._resolve_global(module, name, "GLOBAL"))
 
+    def _op_inst(self) -> None:
+        if not self._scan:
+            raise RefusedPickle("pickle opcode INST is refused")
+        # Scan mode lists the global INST names (it is inline, like GLOBAL's) and goes on.
+        try:
+            module = self._read_line().decode("utf-8")
+            name = self._read_line().decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptPickle("INST name is not UTF-8") from None
+        self._resolve_global(module, name, "INST")
+        self._pop_mark()
+        self._push(_Opaque())
+
+    def _op_obj(self) -> None:
+        if not self._scan:
+            raise RefusedPickle("pickle opcode OBJ is refused")
+        # Scan mode: the class came from GLOBAL/STACK_GLOBAL, already listed; OBJ is a call.
+        self._pop_mark()
+        self._push(_Opaque())
+
     def _op_stack_global(self) -> None:
         name = self._pop()
         module = self._pop()
@@ -886,9 +970,12 @@ class Machine:
         self._push(self._resolve_global(module, name, "STACK_GLOBAL"))
 
     def _resolve_global(self, module: str, name: str, opcode: str) -> Global:
+        # Bounded, so that `inspect --globals --json` cannot be made to print gigabytes.
+        _check(max(len(module), len(name)) <= _MAX_GLOBAL_NAME, f"a global name longer than {_MAX_GLOBAL_NAME}")
+        _check(len(self.globals) < _MAX_GLOBAL_REFERENCES, f"more than {_MAX_GLOBAL_REFERENCES:,} global references")
         self.globals.append(GlobalReference(module, name, opcode, self._position))
         if not self._scan and (module, name) not in ALLOWED_GLOBALS:
-            raise RefusedPickle(f"refused global {_printable(module)}.{_printable(name)} (not on the allow-list)")
+            raise RefusedPickle(f"refused global {printable(module)}.{printable(name)} (not on the allow-list)")
         return Global(module, name)
 
     def _op_reduce(self) -> None:
@@ -924,7 +1011,9 @@ class Machine:
             return
         if not isinstance(cls, Global) or (cls.module, cls.name) not in _CLASSES:
             raise RefusedPickle(f"NEWOBJ of {_type_name(cls)}, which is not an allowed class")
-        if args != () or kwargs not in ({}, None):
+        no_args = type(args) is tuple and not args  # type checks first: args may be arrays
+        no_kwargs = kwargs is None or (type(kwargs) is dict and not kwargs)
+        if not (no_args and no_kwargs):
             raise CorruptPickle(f"NEWOBJ of {cls}: unexpected arguments")
         self._push(_CLASSES[(cls.module, cls.name)]())
 
@@ -940,9 +1029,3 @@ class Machine:
         self._stack[-1] = result
         for index in self._pending_memo.pop(id(target), ()):
             self._memo[index] = result
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    """Make untrusted text safe for a one-line message (no control characters)."""
-    cleaned = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text[:limit])
-    return cleaned + ("..." if len(text) > limit else "")

@@ -9,6 +9,7 @@ from reformer_tools.errors import UsageError
 
 _SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
 _UNITS: Final = ("B", "KB", "MB", "GB", "TB")
+_BINARY_UNITS: Final = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
 def parse_size(text: str) -> int:
@@ -24,13 +25,14 @@ def parse_size(text: str) -> int:
     return size
 
 
-def format_size(n: int | None) -> str:
-    """12_345 -> '12.3 KB'; None (not known yet) -> '?'."""
+def format_size(n: int | None, *, binary: bool = False) -> str:
+    """12_345 -> '12.3 KB' (binary: '12.1 KiB'); None (not known yet) -> '?'."""
     if n is None:
         return "?"
+    base, units = (1024, _BINARY_UNITS) if binary else (1000, _UNITS)
     value = float(n)
-    for unit in _UNITS:
-        if value < 1000 or unit == _UNITS[-1]:
+    for unit in units:
+        if value < base or unit == units[-1]:
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
+        value /= base
     raise AssertionError("unreachable")

@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from reformer_tools.sizes import format_size
 from reformer_tools.spec import ReformerSpec, spec_from_dict
 
 Array = npt.NDArray[Any]
@@ -613,7 +614,7 @@ def adam_slots(leaves: Sequence[Array]) -> list[tuple[Array, Array]]:
 
 
 def slots_summary(leaves: Sequence[Array]) -> str:
-    return f"{2 * len(leaves)} arrays, {format_bytes(sum(8 * leaf.size for leaf in leaves))}"
+    return f"{2 * len(leaves)} arrays, {format_size(sum(8 * leaf.size for leaf in leaves))}"
 
 
 def model_state(jax: JaxStyle | None = None) -> list[Any]:
@@ -625,16 +626,6 @@ def model_state(jax: JaxStyle | None = None) -> list[Any]:
 STATE_SUMMARY = "3 arrays, 16 B"
 OPT_PARAMS = {"learning_rate": np.array(0.001, np.float32), "b1": 0.9, "b2": 0.999, "eps": 1e-5}
 OPT_PARAMS_SUMMARY = "learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-05"
-
-
-def format_bytes(n: int) -> str:
-    """Byte counts the way ``inspect`` prints them."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 # ---------------------------------------------------------------------- containers

@@ -69,4 +69,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def checkpoint_argument(required: bool = True) -> Callable[[F], F]:
-    return click.argument("checkpoint", type=click.Path(path_type=Path), required=required, metavar="CKPT")
+    # readable=False: the loader reports an unreadable file itself, in one line with exit code 3.
+    return click.argument(
+        "checkpoint", type=click.Path(path_type=Path, readable=False), required=required, metavar="CKPT"
+    )

@@ -218,7 +218,7 @@ def _show_globals(checkpoint: Path, as_json: bool, max_decompressed: int | None)
             "module": ref.module,
             "name": ref.name,
             "opcode": ref.opcode,
-            "position": ref.position,
+            "opcode_index": ref.opcode_index,
             "allowed": ref.allowed,
             "reason": describe_global(ref.module, ref.name),
         }
@@ -230,11 +230,11 @@ def _show_globals(checkpoint: Path, as_json: bool, max_decompressed: int | None)
         emit_json({"file": str(checkpoint), "globals": entries, "refused": len(refused)})
     else:
         table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("global", "opcode", "byte", "verdict"):
+        for column in ("global", "opcode", "at opcode #", "verdict"):
             table.add_column(column, overflow="fold")
         for e in entries:
             verdict = f"[green]allowed[/] ({e['reason']})" if e["allowed"] else "[bold red]refused[/]"
-            table.add_row(sanitize(f"{e['module']}.{e['name']}"), str(e["opcode"]), str(e["position"]), verdict)
+            table.add_row(sanitize(f"{e['module']}.{e['name']}"), str(e["opcode"]), str(e["opcode_index"]), verdict)
         out.print(table)
         out.print(f"{len(entries)} global references, {len(refused)} refused")
     if refused:
