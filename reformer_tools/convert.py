@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, replace
@@ -22,7 +24,16 @@ import numpy.typing as npt
 
 from reformer_tools import __version__
 from reformer_tools.errors import MappingError, ReformerToolsError, UsageError
-from reformer_tools.loader import Leaf, TraxCheckpoint, as_float32, dtype_itemsize
+from reformer_tools.loader import (
+    CheckpointFormat,
+    Leaf,
+    TraxCheckpoint,
+    as_float32,
+    dtype_itemsize,
+    is_gzip,
+    load_checkpoint,
+    side_file_candidates,
+)
 from reformer_tools.mapper import TRANSFORMS, expected_slots, plan
 from reformer_tools.output import AtomicOutput
 from reformer_tools.prefetch import Prefetch
@@ -37,6 +48,7 @@ from reformer_tools.spec import ReformerSpec
 
 Array = npt.NDArray[Any]
 OUTPUT_DTYPES: Final = ("float32", "float16", "bfloat16")
+_PIPELINE_DEPTH: Final = 1  # tensors transformed ahead of the one being written
 _DIGEST_PLACEHOLDER: Final = "0" * 64
 
 
@@ -87,6 +99,15 @@ class ConversionPlan:
         return None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
 
 
+def plan_from_config(spec: ReformerSpec, dtype: str | None) -> tuple[PlannedTensor, ...]:
+    """The plan before any array is seen: leaf i fills slot i; shapes are checked as arrays arrive."""
+    return tuple(
+        PlannedTensor(key, i, None, slot.source_shapes, slot.transform.name, slot.target_shape, dtype)
+        for i, slot in enumerate(expected_slots(spec).slots)
+        for key in slot.hf_keys
+    )
+
+
 def _out_dtype(source: str, requested: str | None) -> str:
     return requested or source
 
@@ -107,13 +128,7 @@ def plan_conversion(
     """
     streaming = not checkpoint.leaves_known and not (need_all_dtypes and dtype is None)
     if streaming:
-        slots = expected_slots(spec).slots
-        tensors = [
-            PlannedTensor(key, i, None, slot.source_shapes, slot.transform.name, slot.target_shape, dtype)
-            for i, slot in enumerate(slots)
-            for key in slot.hf_keys
-        ]
-        return ConversionPlan(kind, tuple(tensors), streaming=True)
+        return ConversionPlan(kind, plan_from_config(spec, dtype), streaming=True)
     checked = plan(spec, checkpoint.leaves, source=str(checkpoint.path))
     tensors = [
         PlannedTensor(
@@ -181,8 +196,41 @@ class ConversionResult:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
+class _Scratch:
+    """A few rotating buffers for transposed tensors.
+
+    Touching fresh memory for the first time is slow (the kernel zeroes every page); a new array
+    for each transpose would do it for the whole model again. A tensor handed out is overwritten
+    ``count`` tensors later, so ``count`` must exceed what the consumer holds at once.
+    """
+
+    def __init__(self, nbytes: int, count: int) -> None:
+        self._buffers = [np.empty(nbytes, dtype=np.uint8) for _ in range(count)]
+        self._next = 0
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Array:
+        buffer = self._buffers[self._next]
+        self._next = (self._next + 1) % len(self._buffers)
+        return buffer[: math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _scratch_for(conversion: ConversionPlan, count: int) -> _Scratch:
+    largest = max(math.prod(t.target_shape) for t in conversion.tensors)
+    return _Scratch(largest * 8, count)  # 8: the widest dtype a source array may have
+
+
+def _transform(planned: PlannedTensor, array: Array, scratch: _Scratch | None) -> Array:
+    transform = TRANSFORMS[planned.transform]
+    out = scratch.take(planned.target_shape, array.dtype) if scratch is not None else None
+    return transform.apply(array, out)
+
+
 def _stream_tensors(
-    checkpoint: TraxCheckpoint, spec: ReformerSpec, conversion: ConversionPlan, dtype: str | None
+    checkpoint: TraxCheckpoint,
+    spec: ReformerSpec,
+    conversion: ConversionPlan,
+    dtype: str | None,
+    scratch: _Scratch | None,
 ) -> Iterator[tuple[PlannedTensor, Array, str]]:
     """Yield (planned tensor, storage array, dtype) in plan order, one leaf at a time."""
     by_leaf: dict[int, list[PlannedTensor]] = {}
@@ -195,7 +243,7 @@ def _stream_tensors(
         # A streamed side file is planned from the config alone: check each shape as it arrives.
         if planned is None or (conversion.streaming and leaf.shape not in planned[0].source_shapes):
             raise _stream_mismatch(checkpoint, spec, leaf)
-        transformed = TRANSFORMS[planned[0].transform].apply(array)
+        transformed = _transform(planned[0], array, scratch)
         out_dtype = _out_dtype(leaf.dtype, dtype)
         transformed = cast(transformed, leaf.dtype, out_dtype)
         del array
@@ -233,14 +281,25 @@ def run_conversion(
     conversion = plan_conversion(checkpoint, spec, kind, dtype=dtype, need_all_dtypes=max_shard_size is not None)
     protected = (checkpoint.path, *checkpoint.weight_files)
     with AtomicOutput(output, directory=kind is OutputKind.DIRECTORY, force=force, protected=protected) as target:
-        # Read and transform the next tensor while this one is written.
-        with closing(Prefetch(_stream_tensors(checkpoint, spec, conversion, dtype))) as stream:
+        # Read and transform the next tensor while this one is written. torch.save keeps every
+        # tensor, so the .bin output cannot reuse buffers; safetensors writes each one at once.
+        scratch = None if kind is OutputKind.TORCH_BIN else _scratch_for(conversion, _PIPELINE_DEPTH + 2)
+        tensors = _stream_tensors(checkpoint, spec, conversion, dtype, scratch)
+        with closing(Prefetch(tensors, depth=_PIPELINE_DEPTH)) as stream:
             if kind is OutputKind.TORCH_BIN:
                 from reformer_tools.hf import save_torch_state_dict
 
                 files = save_torch_state_dict(target.open(output.name), _reporting(stream, conversion, on_progress))
             else:
-                files = _write_safetensors(checkpoint, spec, conversion, target, stream, max_shard_size, on_progress)
+                files = _write_safetensors(
+                    spec,
+                    conversion,
+                    target,
+                    _reporting(stream, conversion, on_progress),
+                    max_shard_size,
+                    _metadata(checkpoint, final=False),
+                    lambda: _metadata(checkpoint, final=True),
+                )
         target.commit()
     tensor_bytes = sum(size for name, size in files if name.endswith((".safetensors", ".bin")))
     return ConversionResult(output, kind, tuple(files), len(conversion.tensors), tensor_bytes)
@@ -275,30 +334,30 @@ def _metadata(checkpoint: TraxCheckpoint, final: bool) -> dict[str, str]:
 
 
 def _write_safetensors(
-    checkpoint: TraxCheckpoint,
     spec: ReformerSpec,
     conversion: ConversionPlan,
     target: AtomicOutput,
-    stream: Iterator[tuple[PlannedTensor, Array, str]],
+    tensors: Iterator[tuple[str, Array, str]],
     max_shard_size: int | None,
-    on_progress: ProgressCallback | None,
+    placeholder: dict[str, str],
+    final_metadata: Callable[[], dict[str, str]],
 ) -> list[tuple[str, int]]:
+    """Write the tensors as they come; the metadata (digests) is final only after the last one."""
     specs = [TensorSpec(t.hf_key, t.target_shape, t.dtype) for t in conversion.tensors]
     shards = split_shards(specs, max_shard_size) if max_shard_size is not None else [specs]
     if conversion.kind is OutputKind.SAFETENSORS:
         names = [target.target.name]
     else:
         names = shard_names(len(shards)) if max_shard_size is not None else ["model.safetensors"]
-    placeholder = _metadata(checkpoint, final=False)
     writers = [
         SafetensorsWriter(target.open(name), shard, placeholder) for name, shard in zip(names, shards, strict=True)
     ]
     shard_of = {spec.key: writers[i] for i, shard in enumerate(shards) for spec in shard}
     written_dtypes = set()
-    for key, array, dtype in _reporting(stream, conversion, on_progress):
+    for key, array, dtype in tensors:
         shard_of[key].write(key, array, dtype)
         written_dtypes.add(dtype)
-    final = _metadata(checkpoint, final=True)
+    final = final_metadata()
     for writer in writers:
         writer.finish(final)
     files = [(name, 8 + writer.bytes_written) for name, writer in zip(names, writers, strict=True)]
@@ -319,3 +378,128 @@ def _config_json(spec: ReformerSpec, dtypes: set[str]) -> bytes:
     if len(dtypes) == 1:
         config["torch_dtype"] = dtypes.pop()
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+# ------------------------------------------------------- convert while loading
+
+
+class _NotStreamable(Exception):
+    """The weights did not arrive as the first arrays of the pickle, in order."""
+
+
+class _BackgroundLoad:
+    """``load_checkpoint`` in a thread, handing over each array as it is built."""
+
+    def __init__(self, path: Path, max_decompressed: int | None) -> None:
+        self.arrays: queue.Queue[Array | None] = queue.Queue()  # None: the load has ended
+        self._checkpoint: TraxCheckpoint | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(path, max_decompressed), name="load", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path, max_decompressed: int | None) -> None:
+        try:
+            self._checkpoint = load_checkpoint(path, max_decompressed=max_decompressed, on_array=self.arrays.put)
+        except BaseException as error:  # raised again in the caller's thread
+            self._error = error
+        finally:
+            self.arrays.put(None)
+
+    def discard(self) -> None:
+        """Drop the arrays not taken (call after ``result``: no more arrive)."""
+        self.arrays = queue.Queue()
+
+    def result(self) -> TraxCheckpoint:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._checkpoint is not None
+        return self._checkpoint
+
+
+def _tensors_as_built(
+    load: _BackgroundLoad, conversion: ConversionPlan, dtype: str | None, scratch: _Scratch
+) -> Iterator[tuple[PlannedTensor, Array, str]]:
+    """Transform arrays as the pickle builds them; at the end, prove they were the weights."""
+    by_leaf: dict[int, list[PlannedTensor]] = {}
+    for tensor in conversion.tensors:
+        by_leaf.setdefault(tensor.leaf_index, []).append(tensor)
+    used: list[Array] = []
+    for index in range(len(by_leaf)):
+        planned = by_leaf[index]
+        array = load.arrays.get()
+        if array is None or array.shape not in planned[0].source_shapes or not array.dtype.isnative:
+            raise _NotStreamable
+        used.append(array)
+        source = "bfloat16" if array.dtype == np.uint16 else array.dtype.name
+        out_dtype = _out_dtype(source, dtype)
+        transformed = cast(_transform(planned[0], array, scratch), source, out_dtype)
+        for tensor in planned:
+            yield replace(tensor, dtype=out_dtype), transformed, out_dtype
+    if not load.result().holds_exactly(used):
+        raise _NotStreamable
+
+
+def _placeholder_metadata(path: Path) -> dict[str, str]:
+    """Metadata of the longest possible values, to reserve the header before the load ends."""
+    return {
+        "format": "pt",
+        "converted_by": f"reformer-tools {__version__}",
+        "trax_format": max((f.value for f in CheckpointFormat), key=len),
+        "source_file": path.name,
+        "source_sha256": _DIGEST_PLACEHOLDER,
+        "trax_step": "9" * 24,
+    }
+
+
+def convert_while_loading(
+    path: Path,
+    spec: ReformerSpec,
+    output: Path,
+    *,
+    dtype: str | None = None,
+    max_shard_size: int | None = None,
+    force: bool = False,
+    max_decompressed: int | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[TraxCheckpoint, ConversionResult]:
+    """Load and convert at once, when the config is known before the checkpoint is read.
+
+    Inflating a gzip checkpoint takes as long as writing it out again. Every Trax format pickles
+    the model's weights first, in flat order, so each can be transformed and written while the rest
+    of the file (optimizer slots, state) is still being inflated. Once the load ends, the weights it
+    found must be exactly the arrays written, in that order; if not (or if the weights live in side
+    files), that output is discarded and the conversion runs again from the loaded checkpoint.
+    Plain pickles are memory-mapped and load at once; they, sharded and .bin outputs take the
+    ordinary way.
+    """
+    kind = output_kind_for(output)
+    if kind is OutputKind.TORCH_BIN or max_shard_size is not None or not is_gzip(path):
+        checkpoint = load_checkpoint(path, max_decompressed=max_decompressed)
+        return checkpoint, run_conversion(
+            checkpoint, spec, output, dtype=dtype, max_shard_size=max_shard_size, force=force, on_progress=on_progress
+        )
+    conversion = ConversionPlan(kind, plan_from_config(spec, dtype), streaming=True)
+    load = _BackgroundLoad(path, max_decompressed)
+    protected = (path, *side_file_candidates(path))
+    try:
+        with AtomicOutput(output, directory=kind is OutputKind.DIRECTORY, force=force, protected=protected) as target:
+            # Written as soon as transformed, in this thread: one scratch buffer is enough.
+            tensors = _tensors_as_built(load, conversion, dtype, _scratch_for(conversion, 1))
+            stream = _reporting(tensors, conversion, on_progress)
+            files = _write_safetensors(
+                spec,
+                conversion,
+                target,
+                stream,
+                None,
+                _placeholder_metadata(path),
+                lambda: _metadata(load.result(), final=True),
+            )
+            target.commit()
+    except _NotStreamable:
+        checkpoint = load.result()
+        load.discard()  # so the ordinary conversion can release each array after writing it
+        return checkpoint, run_conversion(checkpoint, spec, output, dtype=dtype, force=force, on_progress=on_progress)
+    tensor_bytes = sum(size for name, size in files if name.endswith(".safetensors"))
+    return load.result(), ConversionResult(output, kind, tuple(files), len(conversion.tensors), tensor_bytes)

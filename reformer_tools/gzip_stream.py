@@ -17,6 +17,8 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO, Final
 
+import numpy as np
+
 from reformer_tools.prefetch import Prefetch
 
 _inflate_module: types.ModuleType
@@ -89,7 +91,12 @@ class GzipReader(io.RawIOBase):
                 return 0
             self._piece, self._offset = piece, 0
         count = min(len(view), len(self._piece) - self._offset)
-        view[:count] = self._piece[self._offset : self._offset + count]
+        # numpy copies without holding the GIL (memoryview assignment holds it): the first
+        # touch of fresh array memory is slow, and other threads keep working meanwhile.
+        np.copyto(
+            np.frombuffer(view, dtype=np.uint8, count=count),
+            np.frombuffer(self._piece, dtype=np.uint8, count=count, offset=self._offset),
+        )
         self._offset += count
         return count
 

@@ -21,7 +21,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -130,6 +130,14 @@ class TraxCheckpoint:
         assert self._leaves is not None
         return self._leaves
 
+    def holds_exactly(self, arrays: list[Array]) -> bool:
+        """Whether the weights are exactly these array objects, in this order."""
+        return (
+            self._arrays is not None
+            and len(self._arrays) == len(arrays)
+            and all(mine is theirs for mine, theirs in zip(self._arrays, arrays, strict=True))
+        )
+
     def digests(self) -> dict[str, str]:
         """sha256 of the checkpoint and its weight files, hashing any not hashed while loading."""
         for name, job in list(self._digest_jobs.items()):
@@ -182,40 +190,6 @@ def as_float32(array: Array, dtype: str) -> npt.NDArray[np.float32]:
 # ------------------------------------------------------------------ byte sources
 
 
-class _HashingReader(io.RawIOBase):
-    """Raw reader that feeds every byte it reads to a sha256."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self.digest = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = self._raw.readinto(buffer)  # type: ignore[attr-defined]
-        if n:
-            self.digest.update(memoryview(buffer)[:n])
-        return int(n or 0)
-
-    def seekable(self) -> bool:
-        return bool(self._raw.seekable())
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return int(self._raw.seek(offset, whence))
-
-    def tell(self) -> int:
-        return int(self._raw.tell())
-
-    def drain(self) -> None:
-        while self._raw.read(_CHUNK):
-            pass  # hashing happens in readinto; read() goes through it too
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
 class _Source:
     """Bounded, exact reads from a plain or gzip stream (see safe_pickle.ByteSource)."""
 
@@ -237,7 +211,6 @@ class _Source:
         self._compressed = compressed
         self._limit_note = limit_note
         self._mapped = mapped  # a plain file: large payloads are memory-mapped, not read
-        self.skipped = False  # some bytes were mapped instead of read (and hashed)
         self.consumed = 0
 
     def _claim(self, n: int) -> None:
@@ -273,7 +246,6 @@ class _Source:
             mapped = np.memmap(self._mapped, dtype=np.uint8, mode="r", offset=self.consumed, shape=(n,))
             self._stream.seek(n, io.SEEK_CUR)
             self.consumed += n
-            self.skipped = True
             return mapped
         # np.empty does not touch its pages, so a lying length costs nothing
         # until data really arrives.
@@ -368,31 +340,23 @@ def _hash_file(path: Path) -> str:
 
 @dataclass
 class _OpenFile:
-    """An open checkpoint file: its source and, for gzip, the hashing layer."""
+    """An open checkpoint file and what its first bytes say."""
 
     source: _Source
-    hasher: _HashingReader
+    raw: BinaryIO
     head: bytes  # first decompressed bytes, for sniffing
     compressed: bool
 
-    def finish(self) -> str | None:
-        """The file's sha256, if every byte went through the hash (else None).
-
-        For gzip, first read to the end of the compressed data: its CRC and
-        length are checked only there, after the pickle's STOP, so without
-        this a truncated or corrupted file would load as if it were whole.
-        """
+    def check_end(self) -> None:
+        """For gzip, read to the end of the compressed data: its CRC and length are checked only
+        there, after the pickle's STOP, so otherwise a truncated or corrupted file would load as if
+        it were whole."""
         if self.compressed and not self.source.at_eof():
             raise UnreadableCheckpointError("unexpected data after the end of the pickle")
-        if self.source.skipped:
-            return None
-        self.source.stop()
-        self.hasher.drain()
-        return self.hasher.digest.hexdigest()
 
     def close(self) -> None:
         self.source.stop()
-        self.hasher.close()
+        self.raw.close()
 
 
 def _open(
@@ -424,8 +388,7 @@ def _open(
         os.set_blocking(raw.fileno(), True)
         if size == 0:
             raise UnreadableCheckpointError("the file is empty")
-        hasher = _HashingReader(raw)
-        buffered = io.BufferedReader(hasher, buffer_size=1 << 20)
+        buffered = io.BufferedReader(raw, buffer_size=1 << 20)
         compressed = buffered.peek(2)[:2] == _GZIP_MAGIC
         if compressed:
             limit = (
@@ -450,7 +413,7 @@ def _open(
             mapped = path if map_payloads else None
             source = _Source(buffered, name=path.name, limit=size, compressed=False, limit_note="", mapped=mapped)
             head = source.peek(_HEAD)
-        return _OpenFile(source, hasher, head, compressed)
+        return _OpenFile(source, raw, head, compressed)
     except BaseException:
         raw.close()
         raise
@@ -458,6 +421,15 @@ def _open(
 
 def _open_nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
+
+
+def is_gzip(path: Path) -> bool:
+    """Whether ``path`` starts like a gzip file (False for anything unreadable: loading will say why)."""
+    try:
+        with open(path, "rb", opener=_open_nonblocking) as file:
+            return stat.S_ISREG(os.fstat(file.fileno()).st_mode) and file.read(2) == _GZIP_MAGIC
+    except OSError:
+        return False
 
 
 def _directory_hint(path: Path) -> str:
@@ -498,18 +470,27 @@ def _is_pickle(head: bytes) -> bool:
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], *, max_decompressed: int | None = None, data: bool = True
+    path: str | os.PathLike[str],
+    *,
+    max_decompressed: int | None = None,
+    data: bool = True,
+    on_array: Callable[[Array], None] | None = None,
 ) -> TraxCheckpoint:
     """Load a Trax checkpoint of any era. Errors name the file and the problem.
 
     ``data=False`` reads shapes and dtypes only (``inspect``): gzip payloads are
     inflated and dropped instead of kept, so memory stays small; ``iter_arrays``
-    is then unavailable.
+    is then unavailable. ``on_array`` sees every array of the main pickle as it
+    is built, in file order, before the load finishes (weights and the rest alike).
     """
     path = Path(path)
     try:
-        checkpoint = _load(path, max_decompressed, data)
+        checkpoint = _load(path, max_decompressed, data, on_array)
         checkpoint.has_data = data
+        if data:
+            # Hash the files in a thread while the caller converts: the digests go into the
+            # output's metadata, and the file is in the page cache by now.
+            checkpoint._digest_jobs = {p.name: _BackgroundDigest(p) for p in (path, *checkpoint.weight_files)}
         return checkpoint
     except ReformerToolsError as error:
         raise _with_file(error, path) from None
@@ -524,7 +505,9 @@ def _with_file(error: ReformerToolsError, path: Path) -> ReformerToolsError:
     return type(error)(f"{path}: {message}")
 
 
-def _load(path: Path, max_decompressed: int | None, data: bool) -> TraxCheckpoint:
+def _load(
+    path: Path, max_decompressed: int | None, data: bool, on_array: Callable[[Array], None] | None
+) -> TraxCheckpoint:
     opened = _open(path, max_decompressed, map_payloads=True, keep_payloads=data)
     try:
         head = opened.head
@@ -535,16 +518,11 @@ def _load(path: Path, max_decompressed: int | None, data: bool) -> TraxCheckpoin
             raise UnreadableCheckpointError(
                 f"not a Trax checkpoint: {kind} is neither a pickle nor .npy ({_sniff(head)})"
             )
-        obj = safe_pickle.Machine(opened.source).load()
-        digest = opened.finish()
+        obj = safe_pickle.Machine(opened.source, on_array=on_array).load()
+        opened.check_end()
     finally:
         opened.close()
-    checkpoint = _interpret(path, obj, max_decompressed, compressed=opened.compressed, data=data)
-    if digest is not None:
-        checkpoint.sha256[path.name] = digest
-    elif data:
-        checkpoint._digest_jobs[path.name] = _BackgroundDigest(path)
-    return checkpoint
+    return _interpret(path, obj, max_decompressed, compressed=opened.compressed, data=data)
 
 
 def _interpret(path: Path, obj: Any, max_decompressed: int | None, *, compressed: bool, data: bool) -> TraxCheckpoint:
@@ -631,7 +609,7 @@ def _side_file_checkpoint(
 ) -> TraxCheckpoint:
     """``flat_weights`` is an int: its meaning depends on which side file exists."""
     name = path.name
-    candidates = _side_file_candidates(path)
+    candidates = side_file_candidates(path)
     for side in candidates:
         if side.exists():
             return TraxCheckpoint(
@@ -656,7 +634,7 @@ def _side_file_checkpoint(
     )
 
 
-def _side_file_candidates(path: Path) -> list[Path]:
+def side_file_candidates(path: Path) -> list[Path]:
     """Where training.Loop (and Layer.save_to_file) put the weights of ``path``."""
     name = path.name
     base = name[: -len("pkl.gz")] if name.endswith("pkl.gz") else name + "."
@@ -674,7 +652,6 @@ def _sharded_checkpoint(
 ) -> TraxCheckpoint:
     arrays: list[Array | None] = []
     leaves: list[Leaf] = []
-    digests: dict[str, str] = {}
     for shard in shards:
         try:
             opened = _open(shard, max_decompressed, map_payloads=True, keep_payloads=data)
@@ -682,9 +659,7 @@ def _sharded_checkpoint(
                 if not _is_pickle(opened.head):
                     raise UnreadableCheckpointError(f"not a pickle ({_sniff(opened.head)})")
                 obj = safe_pickle.Machine(opened.source).load()
-                digest = opened.finish()
-                if digest is not None:
-                    digests[shard.name] = digest
+                opened.check_end()
             finally:
                 opened.close()
             if not isinstance(obj, list | tuple):
@@ -706,7 +681,6 @@ def _sharded_checkpoint(
         _arrays=arrays,
         _leaves=leaves,
     )
-    checkpoint.sha256.update(digests)
     return checkpoint
 
 
@@ -752,9 +726,7 @@ def _stream_npy_records(checkpoint: TraxCheckpoint, *, headers_only: bool) -> It
                     array = _native(array)
                 yield leaf, array
                 index += 1
-            digest = opened.finish()
-            if digest is not None:
-                checkpoint.sha256[side.name] = digest
+            opened.check_end()
         finally:
             opened.close()
     except ReformerToolsError as error:
@@ -1003,7 +975,7 @@ def scan_globals(path: str | os.PathLike[str], *, max_decompressed: int | None =
     while (candidate := path.with_name(f"{name}.shard{shard}")).exists():
         results.append(_scan_file(candidate, max_decompressed))
         shard += 1
-    results.extend(_scan_file(side, max_decompressed) for side in _side_file_candidates(path) if side.is_file())
+    results.extend(_scan_file(side, max_decompressed) for side in side_file_candidates(path) if side.is_file())
     return results
 
 

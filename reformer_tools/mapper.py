@@ -30,35 +30,43 @@ Array = npt.NDArray[Any]
 
 @dataclass(frozen=True)
 class Transform:
-    """A shape-changing view from a Trax array to a Hugging Face tensor."""
+    """How a Trax array becomes a Hugging Face tensor: a view, then (if needed) one copy.
+
+    ``view`` shows the source in the target's element order without copying;
+    ``apply`` makes it C-contiguous and gives it the target shape.
+    """
 
     name: str
     description: str
-    apply: Callable[[Array], Array] = field(repr=False)
+    view: Callable[[Array], Array] = field(repr=False)
     target_shape: Callable[[Shape], Shape] = field(repr=False)
 
-    @property
-    def copies(self) -> bool:
-        """Whether applying it needs a copy (a transpose) rather than a view."""
-        return self.name in ("transpose", "heads_in", "heads_out")
+    def apply(self, source: Array, out: Array | None = None) -> Array:
+        """The Hugging Face tensor. A copy, when one is needed, goes into ``out`` if given
+        (a C-contiguous buffer of the target's size and the source's dtype)."""
+        view = self.view(source)
+        shape = self.target_shape(source.shape)
+        if view.flags.c_contiguous:
+            return view.reshape(shape)
+        if out is None:
+            return np.ascontiguousarray(view).reshape(shape)
+        np.copyto(out.reshape(view.shape), view)
+        return out.reshape(shape)
 
 
 def _heads_in(w: Array) -> Array:
-    # (heads, d_model, d_head) -> (heads * d_head, d_model): nn.Linear's (out, in).
-    h, d, dh = w.shape
-    return np.ascontiguousarray(w.transpose(0, 2, 1)).reshape(h * dh, d)
+    # (heads, d_model, d_head) -> (heads, d_head, d_model), then (heads * d_head, d_model): nn.Linear's (out, in).
+    return w.transpose(0, 2, 1)
 
 
 def _heads_out(w: Array) -> Array:
-    # (heads, d_head, d_model) -> (d_model, heads * d_head).
+    # (heads, d_head, d_model) -> (heads * d_head, d_model) -> (d_model, heads * d_head).
     h, dh, d = w.shape
-    return np.ascontiguousarray(w.reshape(h * dh, d).T)
+    return w.reshape(h * dh, d).T
 
 
 IDENTITY: Final = Transform("identity", "as is", lambda w: w, lambda s: s)
-TRANSPOSE: Final = Transform(
-    "transpose", "transpose (in, out) -> (out, in)", lambda w: np.ascontiguousarray(w.T), lambda s: s[::-1]
-)
+TRANSPOSE: Final = Transform("transpose", "transpose (in, out) -> (out, in)", lambda w: w.T, lambda s: s[::-1])
 HEADS_IN: Final = Transform(
     "heads_in", "(h, d, dh) -> transpose(1, 2) -> (h*dh, d)", _heads_in, lambda s: (s[0] * s[2], s[1])
 )

@@ -507,9 +507,13 @@ class _Opaque:
 class Machine:
     """One pickle load. ``load()`` returns the object; ``scan()`` lists globals."""
 
-    def __init__(self, source: ByteSource, *, scan: bool = False) -> None:
+    def __init__(
+        self, source: ByteSource, *, scan: bool = False, on_array: Callable[[npt.NDArray[Any]], None] | None = None
+    ) -> None:
         self._source = source
         self._scan = scan
+        # Called with every array as soon as it is built (bfloat16: its uint16 bits), in file order.
+        self._on_array = on_array
         self._stack: list[Any] = []
         self._marks: list[list[Any]] = []
         self._memo: dict[int, Any] = {}
@@ -992,7 +996,15 @@ class Machine:
         if type(args) is not tuple:
             raise CorruptPickle(f"REDUCE arguments for {func} are not a tuple")
         _check_values(args)
-        self._push(reducer(args))
+        self._push(self._built(reducer(args)))
+
+    def _built(self, value: Any) -> Any:
+        if self._on_array is not None:
+            if isinstance(value, np.ndarray):
+                self._on_array(value)
+            elif isinstance(value, BFloat16Array):
+                self._on_array(value.bits)
+        return value
 
     def _op_newobj(self) -> None:
         args = self._pop()
@@ -1025,7 +1037,7 @@ class Machine:
         if not isinstance(target, _Pending):
             raise RefusedPickle(f"BUILD on {_type_name(target)} is refused")
         _check_values(state if type(state) is tuple else (state,))
-        result = target.finish(state)
+        result = self._built(target.finish(state))
         self._stack[-1] = result
         for index in self._pending_memo.pop(id(target), ()):
             self._memo[index] = result

@@ -27,6 +27,7 @@ from reformer_tools.convert import (
     ConversionResult,
     ProgressCallback,
     ProgressEvent,
+    convert_while_loading,
     output_kind_for,
     plan_conversion,
     run_conversion,
@@ -35,6 +36,7 @@ from reformer_tools.errors import UsageError
 from reformer_tools.loader import TraxCheckpoint, load_checkpoint
 from reformer_tools.resolve import resolve_spec
 from reformer_tools.sizes import format_size, parse_size
+from reformer_tools.spec import load_spec
 
 
 def _pick(name: str, new: Any, legacy: Any, legacy_name: str) -> Any:
@@ -106,6 +108,24 @@ def convert(
     if output is None:
         raise UsageError("missing the output: give -o OUT (or --pytorch_dump_path)")
     shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
+    progress = _progress(enabled=not quiet and not as_json and not dry_run and stderr_is_terminal())
+    started = time.perf_counter()
+    if config_path is not None and not dry_run:
+        # The config is known before the checkpoint is read: convert while it loads.
+        spec = load_spec(config_path)
+        with progress as on_progress:
+            loaded, result = convert_while_loading(
+                source,
+                spec,
+                output,
+                dtype=dtype,
+                max_shard_size=shard_bytes,
+                force=force,
+                max_decompressed=max_decompressed,
+                on_progress=on_progress,
+            )
+        _show_result(loaded, result, time.perf_counter() - started, as_json, str(config_path))
+        return
     loaded = load_checkpoint(source, max_decompressed=max_decompressed)
     resolved = resolve_spec(loaded, config_path, gin_path, required=True)
     assert resolved is not None
@@ -118,8 +138,7 @@ def convert(
         conversion = plan_conversion(loaded, resolved.spec, kind, dtype=dtype)
         _show_plan(loaded, output, conversion, as_json)
         return
-    started = time.perf_counter()
-    with _progress(enabled=not quiet and not as_json and stderr_is_terminal()) as on_progress:
+    with progress as on_progress:
         result = run_conversion(
             loaded,
             resolved.spec,
