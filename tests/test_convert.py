@@ -340,3 +340,32 @@ def test_dry_run_writes_nothing_and_lists_every_tensor(tmp_path: Path) -> None:
     }
     assert document["total_bytes"] == sum(t["bytes"] for t in document["tensors"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_converting_while_loading_falls_back_when_the_weights_are_not_first(tmp_path: Path) -> None:
+    # Adam's slots have exactly the weights' shapes: pickled before the weights, they stream in
+    # first and pass every shape check. Only the identity check at the end of the load can tell,
+    # and the conversion must then be redone from the weights.
+    config = TRAX_FIXTURES / "t141_local_axial" / "config.json"
+    weights = [np.array(a) for _, a in load_checkpoint(TRAX_FIXTURES / "t141_local_axial" / "model.pkl").iter_arrays()]
+    slots = [np.full_like(w, 0.5) for w in weights]
+    checkpoint = tmp_path / "model.pkl.gz"
+    with gzip.open(checkpoint, "wb") as f:
+        pickle.dump({"slots": slots, "flat_weights": weights, "version_timestamp": "Jun-18-2020"}, f)
+    out = tmp_path / "model.safetensors"
+    assert invoke(["convert", checkpoint, "--config", config, "-o", out]).exit_code == 0
+    written = load_file(str(out))
+    assert np.array_equal(written["reformer.embeddings.word_embeddings.weight"], weights[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pkl.gz", "model.safetensors"]
+
+
+def test_converting_while_loading_reports_a_corrupt_file_and_leaves_nothing(tmp_path: Path) -> None:
+    source = TRAX_FIXTURES / "t141_local_axial" / "trainer_lib" / "model.pkl.gz"
+    checkpoint = tmp_path / "model.pkl.gz"
+    checkpoint.write_bytes(source.read_bytes()[:-20])  # the last arrays and the gzip trailer are gone
+    result = invoke(
+        ["convert", checkpoint, "--config", TRAX_FIXTURES / "t141_local_axial" / "config.json", "-o", tmp_path / "hf"]
+    )
+    assert result.exit_code == 3
+    assert "truncated" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pkl.gz"]
