@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - exercised where isal has no wheel
 
 _GZIP_WBITS: Final = 31  # zlib: expect a gzip header and trailer
 _CHUNK: Final = 4 << 20
-_AHEAD: Final = 4  # decompressed pieces queued ahead of the consumer (~16 MiB)
+_AHEAD: Final = 2  # decompressed pieces queued ahead of the consumer (~8 MiB)
 
 INFLATE_BACKEND: Final = "isal" if _inflate_module is not zlib else "zlib"
 

@@ -42,11 +42,6 @@ def invoke(args: Sequence[str | Path]) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.fixture
-def example_dir() -> Path:
-    return TRAX_FIXTURES / "t141_local_axial"
-
-
 # ------------------------------------------- synthetic Trax checkpoints (tests/trax_writer.py)
 # Owned by the loader format tests (tests/test_loader_formats.py); other tests may use them.
 
