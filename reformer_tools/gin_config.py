@@ -62,10 +62,7 @@ from typing import Any, Final
 from gin import config_parser
 
 from reformer_tools.errors import ConfigError
-from reformer_tools.spec import HF_DEFAULTS
-
-#: A config.gin is a few kilobytes; anything near this is some other file passed by mistake.
-MAX_GIN_BYTES: Final = 8 * 1024 * 1024
+from reformer_tools.spec import HF_DEFAULTS, read_config_file
 
 #: Macros can share values, so a short file can stand for a huge one; no real config comes near this.
 MAX_VALUE_ITEMS: Final = 1_000_000
@@ -211,19 +208,7 @@ def attention_disagreements(gin: GinSettings, weight_kinds: Sequence[str]) -> li
 
 
 def _read_text(path: Path) -> str:
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_GIN_BYTES + 1)
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a config.gin") from None
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: {error.strerror or error}") from None
-    if len(data) > MAX_GIN_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_GIN_BYTES // 2**20} MiB, not a config.gin")
+    data = read_config_file(path, "config.gin")
     if b"\0" in data:
         raise ConfigError(f"{path}: binary data, not a gin config")
     try:

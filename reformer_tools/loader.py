@@ -578,7 +578,24 @@ def _interpret(path: Path, obj: Any, max_decompressed: int | None, *, compressed
             _leaves=leaves,
         )
     if type(flat) is int:
-        return _side_file_checkpoint(path, flat, metadata, step, version, max_decompressed, data)
+        kind, files = _weights_elsewhere(path, flat)
+        shard_arrays: list[Array | None] | None = None
+        shard_leaves: list[Leaf] | None = None
+        if kind is CheckpointFormat.GZIP_SHARDED:
+            shard_arrays, shard_leaves = _read_shards(files, max_decompressed, data)
+        where = files[0].name if kind is CheckpointFormat.NPY_SIDE_FILE else f"{len(files)} shard files"
+        return TraxCheckpoint(
+            path,
+            kind,
+            f"trax training.Loop checkpoint, weights in {where} (version {version or 'unknown'})",
+            metadata,
+            step=step,
+            version_timestamp=version,
+            weight_files=files,
+            max_decompressed=max_decompressed,
+            _arrays=shard_arrays,
+            _leaves=shard_leaves,
+        )
     raise UnreadableCheckpointError(f"'flat_weights' is a {_describe_type(flat)}, not a list or an int")
 
 
@@ -598,36 +615,18 @@ def _describe_flat_checkpoint(obj: dict[Any, Any], version: str | None, compress
     return f"trax {origin} checkpoint, {container} with flat weights (version {version})"
 
 
-def _side_file_checkpoint(
-    path: Path,
-    flat: int,
-    metadata: list[MetadataItem],
-    step: int | None,
-    version: str | None,
-    max_decompressed: int | None,
-    data: bool,
-) -> TraxCheckpoint:
-    """``flat_weights`` is an int: its meaning depends on which side file exists."""
-    name = path.name
+def _weights_elsewhere(path: Path, flat: int) -> tuple[CheckpointFormat, tuple[Path, ...]]:
+    """``flat_weights`` is an int: which side file exists decides what it means."""
     candidates = side_file_candidates(path)
     for side in candidates:
-        if side.exists():
-            return TraxCheckpoint(
-                path,
-                CheckpointFormat.NPY_SIDE_FILE,
-                f"trax training.Loop checkpoint, weights in {side.name} (version {version or 'unknown'})",
-                metadata,
-                step=step,
-                version_timestamp=version,
-                weight_files=(side,),
-                max_decompressed=max_decompressed,
-            )
-    shards = [path.with_name(f"{name}.shard{i}") for i in range(max(flat, 0))]
-    if flat > 0 and shards[0].exists():
+        if side.exists():  # the int is a gzip compresslevel
+            return CheckpointFormat.NPY_SIDE_FILE, (side,)
+    shards = [path.with_name(f"{path.name}.shard{i}") for i in range(max(flat, 0))]
+    if flat > 0 and shards[0].exists():  # the int is a shard count
         missing = [s.name for s in shards if not s.exists()]
         if missing:
             raise UnreadableCheckpointError(f"'flat_weights' promises {flat} shard files; {missing[0]} is missing")
-        return _sharded_checkpoint(path, shards, metadata, step, version, max_decompressed, data)
+        return CheckpointFormat.GZIP_SHARDED, tuple(shards)
     looked = ", ".join(c.name for c in candidates + shards[:1])
     raise UnreadableCheckpointError(
         f"'flat_weights' is {flat}: the weights live in a side file, but none exists ({looked})"
@@ -641,15 +640,10 @@ def side_file_candidates(path: Path) -> list[Path]:
     return [path.with_name(base + "weights.npy.gz"), path.with_name(name + ".npy")]
 
 
-def _sharded_checkpoint(
-    path: Path,
-    shards: list[Path],
-    metadata: list[MetadataItem],
-    step: int | None,
-    version: str | None,
-    max_decompressed: int | None,
-    data: bool,
-) -> TraxCheckpoint:
+def _read_shards(
+    shards: tuple[Path, ...], max_decompressed: int | None, data: bool
+) -> tuple[list[Array | None], list[Leaf]]:
+    """The weights of the memory-efficient trainer: a pickled list of arrays in each shard file."""
     arrays: list[Array | None] = []
     leaves: list[Leaf] = []
     for shard in shards:
@@ -670,18 +664,7 @@ def _sharded_checkpoint(
         offset = len(arrays)
         arrays.extend(shard_arrays)
         leaves.extend(Leaf(offset + leaf.index, leaf.path, leaf.shape, leaf.dtype) for leaf in shard_leaves)
-    checkpoint = TraxCheckpoint(
-        path,
-        CheckpointFormat.GZIP_SHARDED,
-        f"trax training.Loop checkpoint, weights in {len(shards)} shard files (version {version or 'unknown'})",
-        metadata,
-        step=step,
-        version_timestamp=version,
-        weight_files=tuple(shards),
-        _arrays=arrays,
-        _leaves=leaves,
-    )
-    return checkpoint
+    return arrays, leaves
 
 
 def _npy_stream_checkpoint(path: Path, max_decompressed: int | None, opened: _OpenFile) -> TraxCheckpoint:

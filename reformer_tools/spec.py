@@ -120,21 +120,35 @@ class ReformerSpec:
         return config
 
 
-def load_spec(path: str | os.PathLike[str]) -> ReformerSpec:
-    """Read and validate a ``config.json``. Errors name the file and the field."""
-    path = Path(path)
+#: A config file larger than this is not one (real ones are a few KB).
+MAX_CONFIG_BYTES: Final = 8 * 1024 * 1024
+
+
+def read_config_file(path: Path, kind: str) -> bytes:
+    """The bytes of a config file the user gave (``kind``: "config.json", "config.gin"), or a ConfigError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a config.json") from None
+        raise ConfigError(f"{path}: is a directory, not a {kind}") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except PermissionError:
         raise ConfigError(f"{path}: permission denied") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a JSON file (not UTF-8 text)") from None
     except OSError as error:
         raise ConfigError(f"{path}: {error.strerror or error}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB, not a {kind}")
+    return data
+
+
+def load_spec(path: str | os.PathLike[str]) -> ReformerSpec:
+    """Read and validate a ``config.json``. Errors name the file and the field."""
+    path = Path(path)
+    try:
+        text = read_config_file(path, "config.json").decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a JSON file (not UTF-8 text)") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:

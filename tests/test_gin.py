@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reformer_tools import gin_config
+from reformer_tools import spec
 from reformer_tools.errors import ConfigError, ExitCode
 from reformer_tools.gin_config import GinMacro, GinReference, GinSettings, attention_disagreements, read_gin
 from tests.conftest import FIXTURES, TRAX_FIXTURES, invoke
@@ -1083,7 +1083,7 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 
 def test_too_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gin_config, "MAX_GIN_BYTES", 100)
+    monkeypatch.setattr(spec, "MAX_CONFIG_BYTES", 100)
     path = tmp_path / "config.gin"
     path.write_text("a.b = 1\n" * 20, encoding="utf-8")
     with pytest.raises(ConfigError, match="larger than"):
