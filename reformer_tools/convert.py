@@ -29,7 +29,6 @@ from reformer_tools.loader import (
     Leaf,
     TraxCheckpoint,
     as_float32,
-    dtype_itemsize,
     is_gzip,
     load_checkpoint,
     side_file_candidates,
@@ -44,6 +43,7 @@ from reformer_tools.safetensors_writer import (
     shard_names,
     split_shards,
 )
+from reformer_tools.sizes import dtype_itemsize
 from reformer_tools.spec import ReformerSpec
 
 Array = npt.NDArray[Any]
@@ -92,6 +92,13 @@ class ConversionPlan:
     kind: OutputKind
     tensors: tuple[PlannedTensor, ...]
     streaming: bool  # True: shapes are checked as the side file is read
+
+    def by_leaf(self) -> dict[int, list[PlannedTensor]]:
+        """Leaf index -> the tensors made from it (two for the output bias)."""
+        groups: dict[int, list[PlannedTensor]] = {}
+        for tensor in self.tensors:
+            groups.setdefault(tensor.leaf_index, []).append(tensor)
+        return groups
 
     @property
     def total_bytes(self) -> int | None:
@@ -190,7 +197,6 @@ class ConversionResult:
     kind: OutputKind
     files: tuple[tuple[str, int], ...]  # (name, bytes)
     tensors: int
-    tensor_bytes: int
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -233,9 +239,7 @@ def _stream_tensors(
     scratch: _Scratch | None,
 ) -> Iterator[tuple[PlannedTensor, Array, str]]:
     """Yield (planned tensor, storage array, dtype) in plan order, one leaf at a time."""
-    by_leaf: dict[int, list[PlannedTensor]] = {}
-    for tensor in conversion.tensors:
-        by_leaf.setdefault(tensor.leaf_index, []).append(tensor)
+    by_leaf = conversion.by_leaf()
     seen = 0
     for leaf, array in checkpoint.iter_arrays(release=True):
         seen += 1
@@ -301,8 +305,7 @@ def run_conversion(
                     lambda: _metadata(checkpoint, final=True),
                 )
         target.commit()
-    tensor_bytes = sum(size for name, size in files if name.endswith((".safetensors", ".bin")))
-    return ConversionResult(output, kind, tuple(files), len(conversion.tensors), tensor_bytes)
+    return ConversionResult(output, kind, tuple(files), len(conversion.tensors))
 
 
 def _reporting(
@@ -421,9 +424,7 @@ def _tensors_as_built(
     load: _BackgroundLoad, conversion: ConversionPlan, dtype: str | None, scratch: _Scratch
 ) -> Iterator[tuple[PlannedTensor, Array, str]]:
     """Transform arrays as the pickle builds them; at the end, prove they were the weights."""
-    by_leaf: dict[int, list[PlannedTensor]] = {}
-    for tensor in conversion.tensors:
-        by_leaf.setdefault(tensor.leaf_index, []).append(tensor)
+    by_leaf = conversion.by_leaf()
     used: list[Array] = []
     for index in range(len(by_leaf)):
         planned = by_leaf[index]
@@ -501,5 +502,4 @@ def convert_while_loading(
         checkpoint = load.result()
         load.discard()  # so the ordinary conversion can release each array after writing it
         return checkpoint, run_conversion(checkpoint, spec, output, dtype=dtype, force=force, on_progress=on_progress)
-    tensor_bytes = sum(size for name, size in files if name.endswith(".safetensors"))
-    return load.result(), ConversionResult(output, kind, tuple(files), len(conversion.tensors), tensor_bytes)
+    return load.result(), ConversionResult(output, kind, tuple(files), len(conversion.tensors))

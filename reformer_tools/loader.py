@@ -39,7 +39,7 @@ from reformer_tools.errors import (
 )
 from reformer_tools.gzip_stream import GzipError, GzipReader
 from reformer_tools.safe_pickle import BFloat16Array, ShapeDtype, TraxHistory
-from reformer_tools.sizes import format_size
+from reformer_tools.sizes import dtype_itemsize, format_size
 from reformer_tools.untrusted import printable
 
 #: Default cap on decompressed bytes: generous for real checkpoints (float
@@ -88,10 +88,6 @@ class Leaf:
     @property
     def nbytes(self) -> int:
         return self.size * dtype_itemsize(self.dtype)
-
-
-def dtype_itemsize(dtype: str) -> int:
-    return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
 
 
 @dataclass(frozen=True, slots=True)

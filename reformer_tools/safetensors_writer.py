@@ -18,6 +18,8 @@ from typing import Any, BinaryIO, Final
 import numpy as np
 import numpy.typing as npt
 
+from reformer_tools.sizes import dtype_itemsize
+
 #: Logical dtype -> safetensors dtype name.
 SAFETENSORS_DTYPES: Final = {
     "float64": "F64",
@@ -59,7 +61,7 @@ def reserved_header_size(specs: Sequence[TensorSpec], metadata: Mapping[str, str
         position = 0
         for spec in specs:
             assert spec.dtype is not None
-            end = position + math.prod(spec.shape) * _itemsize(spec.dtype)
+            end = position + math.prod(spec.shape) * dtype_itemsize(spec.dtype)
             offsets.append((spec.key, SAFETENSORS_DTYPES[spec.dtype], spec.shape, position, end))
             position = end
     else:
@@ -67,10 +69,6 @@ def reserved_header_size(specs: Sequence[TensorSpec], metadata: Mapping[str, str
         offsets = [(spec.key, _WIDEST_NAME, spec.shape, bound, bound) for spec in specs]
     size = len(_header(offsets, metadata))
     return size + (-(size + 8) % _ALIGNMENT)
-
-
-def _itemsize(dtype: str) -> int:
-    return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
 
 
 class SafetensorsWriter:
@@ -126,7 +124,7 @@ def split_shards(specs: Sequence[TensorSpec], max_bytes: int) -> list[list[Tenso
     size = 0
     for spec in specs:
         assert spec.dtype is not None, "sharding needs every dtype"
-        nbytes = math.prod(spec.shape) * _itemsize(spec.dtype)
+        nbytes = math.prod(spec.shape) * dtype_itemsize(spec.dtype)
         if shards[-1] and size + nbytes > max_bytes:
             shards.append([])
             size = 0

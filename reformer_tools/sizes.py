@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+import numpy as np
+
 from reformer_tools.errors import UsageError
 
 _SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
@@ -23,6 +25,11 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise UsageError(f"{text!r} is not a positive size")
     return size
+
+
+def dtype_itemsize(dtype: str) -> int:
+    """Bytes per element of a logical dtype name ("bfloat16" included, which numpy lacks)."""
+    return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
 
 
 def format_size(n: int | None, *, binary: bool = False) -> str:
