@@ -6,13 +6,16 @@ import json
 import math
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
 from reformer_tools.untrusted import printable
+
+if TYPE_CHECKING:
+    from reformer_tools.mapper import Alignment
 
 # No ``file=``: rich resolves sys.stdout/sys.stderr on each write, which lets
 # click's CliRunner capture both streams.
@@ -58,3 +61,25 @@ def emit_json(payload: dict[str, Any]) -> None:
 
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
+
+
+def render_problems(alignment: Alignment) -> None:
+    """Every way a checkpoint disagrees with its config, as one table plus named unsupported layouts."""
+    from rich.table import Table
+
+    if alignment.mismatches or alignment.missing or alignment.unused:
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("problem", "Hugging Face key", "Trax path", "expected", "actual"):
+            wide = column in ("Hugging Face key", "Trax path")
+            table.add_column(column, no_wrap=wide, overflow="ignore" if wide else "fold")
+        for m in alignment.mismatches:
+            table.add_row("[red]shape[/]", m.hf_key, sanitize(m.trax_path), str(m.expected), str(m.actual))
+        for slot in alignment.missing:
+            table.add_row("[red]missing[/]", slot.hf_key, "-", str(slot.source_shape), "-")
+        for leaf in alignment.unused:
+            table.add_row("[red]unused[/]", "-", sanitize(leaf.path), "-", str(leaf.shape))
+        out.print(table, crop=False)
+    for problem in alignment.problems:
+        out.print(f"[bold red]unsupported:[/] {sanitize(problem)}")
+    for text in alignment.notes:
+        out.print(f"note: {sanitize(text)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
@@ -10,8 +11,7 @@ from typing import Any, NoReturn
 import click
 
 from reformer_tools import __version__
-from reformer_tools._console import error
-from reformer_tools.commands._options import EXIT_CODES_HELP, debug_option
+from reformer_tools.commands._common import EXIT_CODES_HELP, debug_option
 from reformer_tools.commands.convert import convert
 from reformer_tools.commands.inspect import inspect
 from reformer_tools.commands.verify import verify
@@ -28,6 +28,12 @@ class _Group(click.Group):
             _fail(ctx, str(failure), failure.exit_code, failure)
         except KeyboardInterrupt:
             _fail(ctx, "interrupted; nothing was written", ExitCode.INTERRUPTED, None)
+        except BrokenPipeError:
+            # The reader went away (| head): stop quietly, as command-line tools do, and keep Python's
+            # own flush at exit from failing again on the closed pipe.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(int(ExitCode.STDOUT_CLOSED))
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except MemoryError as failure:
@@ -38,6 +44,8 @@ class _Group(click.Group):
 
 
 def _fail(ctx: click.Context, message: str, code: int, failure: BaseException | None) -> NoReturn:
+    from reformer_tools._console import error
+
     if failure is not None and ctx.find_root().meta.get("debug"):
         traceback.print_exception(failure, file=sys.stderr)
     error(message)

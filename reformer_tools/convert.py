@@ -8,10 +8,12 @@ transformed once, written, and released. torch is imported only for the legacy
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, replace
@@ -36,6 +38,7 @@ from reformer_tools.loader import (
 from reformer_tools.mapper import TRANSFORMS, expected_slots, plan
 from reformer_tools.output import AtomicOutput
 from reformer_tools.prefetch import Prefetch
+from reformer_tools.resolve import ConfigSources, ResolvedConfig
 from reformer_tools.safetensors_writer import (
     SafetensorsWriter,
     TensorSpec,
@@ -50,6 +53,7 @@ Array = npt.NDArray[Any]
 OUTPUT_DTYPES: Final = ("float32", "float16", "bfloat16")
 _PIPELINE_DEPTH: Final = 1  # tensors transformed ahead of the one being written
 _DIGEST_PLACEHOLDER: Final = "0" * 64
+_HASH_STEP: Final = 4 << 20
 
 
 class OutputKind(str, Enum):
@@ -58,9 +62,13 @@ class OutputKind(str, Enum):
     TORCH_BIN = "bin"
 
 
-def output_kind_for(path: Path) -> OutputKind:
-    """``.bin`` -> torch.save; ``.safetensors`` -> one file; anything else -> a model directory."""
-    if path.suffix == ".bin":
+def output_kind_for(path: Path, *, legacy: bool = False) -> OutputKind:
+    """``.bin`` -> torch.save; ``.safetensors`` -> one file; anything else -> a model directory.
+
+    ``legacy``: the path came from the old script's ``--pytorch_dump_path``, which always wrote a
+    ``torch.save`` file there, whatever its name.
+    """
+    if path.suffix == ".bin" or legacy:
         return OutputKind.TORCH_BIN
     if path.suffix == ".safetensors":
         return OutputKind.SAFETENSORS
@@ -104,6 +112,43 @@ class ConversionPlan:
     def total_bytes(self) -> int | None:
         sizes = [t.nbytes for t in self.tensors]
         return None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What ``convert`` would write, and whether the real run would refuse the output path."""
+
+    plan: ConversionPlan
+    files: tuple[tuple[str, int | None], ...]  # (name, tensor bytes) of each weights file
+    refusal: ReformerToolsError | None
+
+    def to_json(self, checkpoint: TraxCheckpoint, resolved: ResolvedConfig, output: Path) -> dict[str, Any]:
+        from reformer_tools.inspection import config_json
+
+        return {
+            "ok": self.refusal is None,
+            "dry_run": True,
+            "source": str(checkpoint.path),
+            "format": checkpoint.format.value,
+            **config_json(resolved),
+            "output": str(output),
+            "kind": self.plan.kind.value,
+            "refusal": None if self.refusal is None else str(self.refusal),
+            "files": [{"name": name, "tensor_bytes": size} for name, size in self.files],
+            "tensors": [
+                {
+                    "hf_key": t.hf_key,
+                    "trax_path": t.trax_path,
+                    "transform": t.transform,
+                    "source_shape": list(t.source_shapes[0]),
+                    "target_shape": list(t.target_shape),
+                    "dtype": t.dtype,
+                    "bytes": t.nbytes,
+                }
+                for t in self.plan.tensors
+            ],
+            "total_bytes": self.plan.total_bytes,
+        }
 
 
 def plan_from_config(spec: ReformerSpec, dtype: str | None) -> tuple[PlannedTensor, ...]:
@@ -191,15 +236,67 @@ class ProgressEvent:
     bytes_done: int
 
 
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    name: str
+    bytes: int
+    sha256: str
+
+
 @dataclass(frozen=True)
 class ConversionResult:
     output: Path
     kind: OutputKind
-    files: tuple[tuple[str, int], ...]  # (name, bytes)
+    files: tuple[OutputFile, ...]
     tensors: int
 
 
-ProgressCallback = Callable[[ProgressEvent], None]
+@dataclass(frozen=True)
+class ConversionOptions:
+    """How to write the output (the config comes from ``ConfigSources``)."""
+
+    dtype: str | None = None
+    max_shard_size: int | None = None
+    force: bool = False
+    max_decompressed: int | None = None
+    legacy_bin: bool = False  # the old script's --pytorch_dump_path: a torch.save file, whatever the name
+    on_progress: ProgressCallback | None = None
+
+    def kind_for(self, output: Path) -> OutputKind:
+        kind = output_kind_for(output, legacy=self.legacy_bin)
+        if self.max_shard_size is not None and kind is not OutputKind.DIRECTORY:
+            raise UsageError("--max-shard-size needs a directory output (not .safetensors or .bin)")
+        return kind
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A finished conversion: what was read, the config it was written with, and what was written."""
+
+    checkpoint: TraxCheckpoint
+    resolved: ResolvedConfig
+    result: ConversionResult
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        from reformer_tools.inspection import config_json
+
+        result = self.result
+        return {
+            "ok": True,
+            "source": str(self.checkpoint.path),
+            "format": self.checkpoint.format.value,
+            **config_json(self.resolved),
+            "output": str(result.output),
+            "kind": result.kind.value,
+            "files": [{"name": f.name, "bytes": f.bytes, "sha256": f.sha256} for f in result.files],
+            "tensors": result.tensors,
+            "seconds": round(self.seconds, 3),
+            "sha256": self.checkpoint.digests(),
+        }
 
 
 class _Scratch:
@@ -268,44 +365,83 @@ def _stream_mismatch(checkpoint: TraxCheckpoint, spec: ReformerSpec, leaf: Leaf 
     return MappingError(f"{checkpoint.path}: the checkpoint does not match the config{where}")
 
 
-def run_conversion(
-    checkpoint: TraxCheckpoint,
-    spec: ReformerSpec,
-    output: Path,
-    *,
-    dtype: str | None = None,
-    max_shard_size: int | None = None,
-    force: bool = False,
-    on_progress: ProgressCallback | None = None,
+def write_conversion(
+    checkpoint: TraxCheckpoint, resolved: ResolvedConfig, output: Path, options: ConversionOptions | None = None
 ) -> ConversionResult:
-    """Convert ``checkpoint`` into ``output``; all or nothing."""
-    kind = output_kind_for(output)
-    if max_shard_size is not None and kind is not OutputKind.DIRECTORY:
-        raise UsageError("--max-shard-size needs a directory output (not .safetensors or .bin)")
-    conversion = plan_conversion(checkpoint, spec, kind, dtype=dtype, need_all_dtypes=max_shard_size is not None)
+    """Convert a loaded ``checkpoint`` with its ``resolved`` config into ``output``; all or nothing."""
+    options = options or ConversionOptions()
+    kind = options.kind_for(output)
+    spec = resolved.spec
+    conversion = plan_conversion(
+        checkpoint, spec, kind, dtype=options.dtype, need_all_dtypes=options.max_shard_size is not None
+    )
     protected = (checkpoint.path, *checkpoint.weight_files)
-    with AtomicOutput(output, directory=kind is OutputKind.DIRECTORY, force=force, protected=protected) as target:
+    with AtomicOutput(
+        output, directory=kind is OutputKind.DIRECTORY, force=options.force, protected=protected
+    ) as target:
         # Read and transform the next tensor while this one is written. torch.save keeps every
         # tensor, so the .bin output cannot reuse buffers; safetensors writes each one at once.
         scratch = None if kind is OutputKind.TORCH_BIN else _scratch_for(conversion, _PIPELINE_DEPTH + 2)
-        tensors = _stream_tensors(checkpoint, spec, conversion, dtype, scratch)
+        tensors = _stream_tensors(checkpoint, spec, conversion, options.dtype, scratch)
         with closing(Prefetch(tensors, depth=_PIPELINE_DEPTH)) as stream:
+            reported = _reporting(stream, conversion, options.on_progress)
             if kind is OutputKind.TORCH_BIN:
                 from reformer_tools.hf import save_torch_state_dict
 
-                files = save_torch_state_dict(target.open(output.name), _reporting(stream, conversion, on_progress))
+                save_torch_state_dict(target.open(output.name), reported)
+                names = [output.name]
             else:
-                files = _write_safetensors(
-                    spec,
+                names = _write_safetensors(
+                    lambda: resolved,
                     conversion,
                     target,
-                    _reporting(stream, conversion, on_progress),
-                    max_shard_size,
-                    _metadata(checkpoint, final=False),
-                    lambda: _metadata(checkpoint, final=True),
+                    reported,
+                    options.max_shard_size,
+                    _metadata(checkpoint, resolved, final=False),
+                    lambda: _metadata(checkpoint, resolved, final=True),
                 )
         target.commit()
-    return ConversionResult(output, kind, tuple(files), len(conversion.tensors))
+    return ConversionResult(output, kind, _describe_files(output, kind, names), len(conversion.tensors))
+
+
+def dry_run(checkpoint: TraxCheckpoint, resolved: ResolvedConfig, output: Path, options: ConversionOptions) -> DryRun:
+    """Everything ``write_conversion`` would check and write, without writing: the plan, the files, and
+    the refusal the output path would meet (it exists, without --force)."""
+    kind = options.kind_for(output)
+    checkpoint.leaves  # noqa: B018 - read side-file headers so the plan shows every path and dtype
+    conversion = plan_conversion(checkpoint, resolved.spec, kind, dtype=options.dtype, need_all_dtypes=True)
+    specs = [TensorSpec(t.hf_key, t.target_shape, t.dtype) for t in conversion.tensors]
+    if kind is OutputKind.DIRECTORY:
+        shards = split_shards(specs, options.max_shard_size) if options.max_shard_size is not None else [specs]
+        names = shard_names(len(shards)) if options.max_shard_size is not None else ["model.safetensors"]
+    else:
+        shards, names = [specs], [output.name]
+    sizes = tuple(
+        (name, sum(math.prod(t.shape) * dtype_itemsize(t.dtype or "float32") for t in shard))
+        for name, shard in zip(names, shards, strict=True)
+    )
+    refusal: ReformerToolsError | None = None
+    protected = (checkpoint.path, *checkpoint.weight_files)
+    try:
+        # Opening the output checks the target exactly as the real run does; nothing is created.
+        with AtomicOutput(output, directory=kind is OutputKind.DIRECTORY, force=options.force, protected=protected):
+            pass
+    except ReformerToolsError as error:
+        refusal = error
+    return DryRun(conversion, sizes, refusal)
+
+
+def _describe_files(output: Path, kind: OutputKind, names: list[str]) -> tuple[OutputFile, ...]:
+    """Size and sha256 of every written file, read back from where it now is."""
+    paths = [output / name for name in names] if kind is OutputKind.DIRECTORY else [output]
+    files = []
+    for name, path in zip(names, paths, strict=True):
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            while chunk := file.read(_HASH_STEP):
+                digest.update(chunk)
+        files.append(OutputFile(name, path.stat().st_size, digest.hexdigest()))
+    return tuple(files)
 
 
 def _reporting(
@@ -319,7 +455,11 @@ def _reporting(
             on_progress(ProgressEvent(tensor.hf_key, count, len(conversion.tensors), done_bytes))
 
 
-def _metadata(checkpoint: TraxCheckpoint, final: bool) -> dict[str, str]:
+#: safetensors metadata key holding where the config's values came from (JSON).
+PROVENANCE_METADATA: Final = "reformer_tools_config"
+
+
+def _metadata(checkpoint: TraxCheckpoint, resolved: ResolvedConfig, final: bool) -> dict[str, str]:
     digests = checkpoint.digests() if final else {}
     metadata = {
         "format": "pt",
@@ -327,6 +467,7 @@ def _metadata(checkpoint: TraxCheckpoint, final: bool) -> dict[str, str]:
         "trax_format": checkpoint.format.value,
         "source_file": checkpoint.path.name,
         "source_sha256": digests.get(checkpoint.path.name, _DIGEST_PLACEHOLDER),
+        PROVENANCE_METADATA: json.dumps(resolved.provenance(), sort_keys=True),
     }
     for side in checkpoint.weight_files:
         if side != checkpoint.path:
@@ -337,14 +478,14 @@ def _metadata(checkpoint: TraxCheckpoint, final: bool) -> dict[str, str]:
 
 
 def _write_safetensors(
-    spec: ReformerSpec,
+    resolved: Callable[[], ResolvedConfig],
     conversion: ConversionPlan,
     target: AtomicOutput,
     tensors: Iterator[tuple[str, Array, str]],
     max_shard_size: int | None,
     placeholder: dict[str, str],
     final_metadata: Callable[[], dict[str, str]],
-) -> list[tuple[str, int]]:
+) -> list[str]:
     """Write the tensors as they come; the metadata (digests) is final only after the last one."""
     specs = [TensorSpec(t.hf_key, t.target_shape, t.dtype) for t in conversion.tensors]
     shards = split_shards(specs, max_shard_size) if max_shard_size is not None else [specs]
@@ -363,21 +504,18 @@ def _write_safetensors(
     final = final_metadata()
     for writer in writers:
         writer.finish(final)
-    files = [(name, 8 + writer.bytes_written) for name, writer in zip(names, writers, strict=True)]
     if conversion.kind is OutputKind.DIRECTORY:
         if len(shards) > 1:
             total = sum(w.bytes_written for w in writers)
-            data = index_json(shards, names, total)
-            target.open("model.safetensors.index.json").write(data)
-            files.append(("model.safetensors.index.json", len(data)))
-        config = _config_json(spec, written_dtypes)
-        target.open("config.json").write(config)
-        files.append(("config.json", len(config)))
-    return files
+            target.open("model.safetensors.index.json").write(index_json(shards, names, total))
+            names.append("model.safetensors.index.json")
+        target.open("config.json").write(_config_json(resolved(), written_dtypes))
+        names.append("config.json")
+    return names
 
 
-def _config_json(spec: ReformerSpec, dtypes: set[str]) -> bytes:
-    config = spec.to_config_dict()
+def _config_json(resolved: ResolvedConfig, dtypes: set[str]) -> bytes:
+    config = resolved.config_dict()
     if len(dtypes) == 1:
         config["torch_dtype"] = dtypes.pop()
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
@@ -441,65 +579,87 @@ def _tensors_as_built(
         raise _NotStreamable
 
 
-def _placeholder_metadata(path: Path) -> dict[str, str]:
-    """Metadata of the longest possible values, to reserve the header before the load ends."""
+def _placeholder_metadata(path: Path, resolved: ResolvedConfig) -> dict[str, str]:
+    """Metadata of the longest possible values, to reserve the header before the load ends.
+
+    The config's provenance is known before the load only up to the releases the checkpoint turns
+    out to come from: room is left for a longer text.
+    """
+    provenance = json.dumps(resolved.provenance(), sort_keys=True)
     return {
         "format": "pt",
         "converted_by": f"reformer-tools {__version__}",
         "trax_format": max((f.value for f in CheckpointFormat), key=len),
         "source_file": path.name,
         "source_sha256": _DIGEST_PLACEHOLDER,
+        PROVENANCE_METADATA: provenance + " " * (len(provenance) + 4096),
         "trax_step": "9" * 24,
     }
 
 
-def convert_while_loading(
-    path: Path,
-    spec: ReformerSpec,
-    output: Path,
-    *,
-    dtype: str | None = None,
-    max_shard_size: int | None = None,
-    force: bool = False,
-    max_decompressed: int | None = None,
-    on_progress: ProgressCallback | None = None,
-) -> tuple[TraxCheckpoint, ConversionResult]:
-    """Load and convert at once, when the config is known before the checkpoint is read.
+def convert_checkpoint(
+    path: Path, output: Path, sources: ConfigSources, options: ConversionOptions | None = None
+) -> Conversion:
+    """Load ``path``, resolve its config from ``sources`` and write ``output``; all or nothing.
 
-    Inflating a gzip checkpoint takes as long as writing it out again. Every Trax format pickles
-    the model's weights first, in flat order, so each can be transformed and written while the rest
-    of the file (optimizer slots, state) is still being inflated. Once the load ends, the weights it
-    found must be exactly the arrays written, in that order; if not (or if the weights live in side
-    files), that output is discarded and the conversion runs again from the loaded checkpoint.
-    Plain pickles are memory-mapped and load at once; they, sharded and .bin outputs take the
-    ordinary way.
+    Inflating a gzip checkpoint takes as long as writing it out again. When the config is known before
+    the checkpoint is read (a config.json), every tensor is transformed and written while the rest of
+    the file (optimizer slots, state) is still being inflated: every Trax format pickles the model's
+    weights first, in flat order. Once the load ends, the weights it found must be exactly the arrays
+    written, in that order, and the config resolved against the loaded checkpoint must be the one
+    used; if not (or if the weights live in side files), that output is discarded and the conversion
+    runs again from the loaded checkpoint. Plain pickles are memory-mapped and load at once; they,
+    sharded and .bin outputs take the ordinary way.
     """
-    kind = output_kind_for(output)
-    if kind is OutputKind.TORCH_BIN or max_shard_size is not None or not is_gzip(path):
-        checkpoint = load_checkpoint(path, max_decompressed=max_decompressed)
-        return checkpoint, run_conversion(
-            checkpoint, spec, output, dtype=dtype, max_shard_size=max_shard_size, force=force, on_progress=on_progress
-        )
-    conversion = ConversionPlan(kind, plan_from_config(spec, dtype), streaming=True)
-    load = _BackgroundLoad(path, max_decompressed)
+    options = options or ConversionOptions()
+    started = time.perf_counter()
+    kind = options.kind_for(output)
+    streamable = (
+        sources.config_path is not None
+        and kind is not OutputKind.TORCH_BIN
+        and options.max_shard_size is None
+        and is_gzip(path)
+    )
+    if not streamable:
+        checkpoint = load_checkpoint(path, max_decompressed=options.max_decompressed)
+        resolved = sources.resolve(checkpoint)
+        result = write_conversion(checkpoint, resolved, output, options)
+        return Conversion(checkpoint, resolved, result, time.perf_counter() - started)
+    early = sources.resolve(None)
+    conversion = ConversionPlan(kind, plan_from_config(early.spec, options.dtype), streaming=True)
+    load = _BackgroundLoad(path, options.max_decompressed)
     protected = (path, *side_file_candidates(path))
+    final: list[ResolvedConfig] = []
+
+    def finish() -> ResolvedConfig:
+        if not final:
+            resolved = sources.resolve(load.result())
+            if resolved.spec != early.spec:  # a default the checkpoint's releases settle differently
+                raise _NotStreamable
+            final.append(resolved)
+        return final[0]
+
     try:
-        with AtomicOutput(output, directory=kind is OutputKind.DIRECTORY, force=force, protected=protected) as target:
+        with AtomicOutput(
+            output, directory=kind is OutputKind.DIRECTORY, force=options.force, protected=protected
+        ) as target:
             # Written as soon as transformed, in this thread: one scratch buffer is enough.
-            tensors = _tensors_as_built(load, conversion, dtype, _scratch_for(conversion, 1))
-            stream = _reporting(tensors, conversion, on_progress)
-            files = _write_safetensors(
-                spec,
+            tensors = _tensors_as_built(load, conversion, options.dtype, _scratch_for(conversion, 1))
+            names = _write_safetensors(
+                finish,
                 conversion,
                 target,
-                stream,
+                _reporting(tensors, conversion, options.on_progress),
                 None,
-                _placeholder_metadata(path),
-                lambda: _metadata(load.result(), final=True),
+                _placeholder_metadata(path, early),
+                lambda: _metadata(load.result(), finish(), final=True),
             )
             target.commit()
     except _NotStreamable:
         checkpoint = load.result()
         load.discard()  # so the ordinary conversion can release each array after writing it
-        return checkpoint, run_conversion(checkpoint, spec, output, dtype=dtype, force=force, on_progress=on_progress)
-    return load.result(), ConversionResult(output, kind, tuple(files), len(conversion.tensors))
+        resolved = sources.resolve(checkpoint)
+        result = write_conversion(checkpoint, resolved, output, options)
+        return Conversion(checkpoint, resolved, result, time.perf_counter() - started)
+    result = ConversionResult(output, kind, _describe_files(output, kind, names), len(conversion.tensors))
+    return Conversion(load.result(), finish(), result, time.perf_counter() - started)

@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     OUTPUT = 5
     INTERNAL = 70  # a bug in reformer-tools (EX_SOFTWARE)
     INTERRUPTED = 130  # SIGINT or SIGTERM, as shells report Ctrl-C
+    STDOUT_CLOSED = 141  # stdout closed early (| head): 128 + SIGPIPE, as shells report it
 
 
 class ReformerToolsError(Exception):
@@ -64,3 +65,9 @@ class OutputError(ReformerToolsError):
     """The output could not be written; nothing was left behind."""
 
     exit_code = ExitCode.OUTPUT
+
+
+class VocabularyError(ReformerToolsError):
+    """The vocabulary file given for the model is unusable, or does not fit the model."""
+
+    exit_code = ExitCode.USAGE

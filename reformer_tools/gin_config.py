@@ -1,57 +1,15 @@
-"""Read Trax's ``config.gin`` into Hugging Face ``ReformerConfig`` values.
+"""Read Trax's ``config.gin`` into Hugging Face ``ReformerConfig`` values: what gin binds, nothing assumed.
 
-Trax writes the operative gin config (``gin.operative_config_str()``) beside every checkpoint; its
-bindings carry what the weights cannot show: chunk lengths, hashing, activation, dropout, and
-whether 3 attention arrays are LSH or shared-QK local attention.
-
-Parsing uses gin-config's own ``ConfigParser`` with a delegate that records ``@references`` and
-``%macros`` instead of looking them up, so nothing is registered or imported and Trax is not needed.
-Macros resolve against definitions in the same file; gin binds them late, so the last definition
-wins wherever it stands. ``include`` statements are not followed, only reported: gin resolves them
-against search paths this tool cannot know, and the config.gin Trax saves never has any
-(``operative_config_str`` writes imports, macros and bindings only). Imports carry no values.
-
-Scopes follow gin: a configurable called in scope ``a/b`` takes the bindings of scopes ``""``, ``a``
-and ``a/b``, the most specific winning. ReformerLM runs in the scope of the ``train.model``
-reference (normally none); an attention class in the scope of its ``attention_type`` reference if
-that has one (gin then replaces the scope), else in ReformerLM's. Scoped bindings of these
-configurables that never apply are reported. Module-qualified names match by their last part, as
-gin matches ``trax.layers.SelfAttention`` and ``SelfAttention`` alike.
-
-``overrides`` holds what gin binds, translated, and values derived from it (max_position_embeddings
-from the axial shape; a whole-sequence chunk length). A parameter gin leaves unbound is ambiguous:
-in a hand-written file it has Trax's default, but in an operative config it may have been passed
-from Python, which gin does not log. So Trax defaults are applied only where the model is known to
-call the class from gin (it is named in ``attention_type``) and only if they are the same in every
-Trax release and differ from Hugging Face's: SelfAttention's ``chunk_len=None`` and
-``n_chunks_before=0``; each is named in ``notes``. Defaults that changed between releases are not
-guessed: LSHSelfAttention's ``chunk_len`` (None up to 1.3.4, 128 from 1.3.5) and ``n_buckets``
-(256 up to 1.3.4, None from 1.3.5) get a note instead. Unbound ``n_layers`` or ``attention_type``
-leave ``attention_kinds`` None (the weights decide). ``layer_norm_eps`` is 1e-6, Trax's LayerNorm epsilon,
-unless gin binds ``LayerNorm.epsilon`` (possible from 1.3.7). Values of the wrong type are noted and skipped,
-never passed on.
-
-Checked against google/trax v1.2.4, v1.3.4, v1.3.6, v1.4.1 and master (2024):
-
-- SelfAttention with ``chunk_len=None`` attends over the whole sequence. Hugging Face's
-  LocalSelfAttention does unchunked attention whenever the input is no longer than
-  ``local_attn_chunk_length``, so that becomes the longest input the positions allow, with 0 chunks
-  before and after. The same holds for LSHSelfAttention with ``chunk_len=None`` (up to 1.3.4).
-- ReformerLM's ``share_qk`` exists only in 1.2.x, where DecoderBlock passes it to every attention
-  layer (so it beats ``SelfAttention.share_qk``); later, ``SelfAttention.share_qk`` decides.
-- Up to 1.3.5 the attention layers take ``attention_dropout`` from gin; from 1.3.6 ReformerLM passes
-  its ``dropout`` instead. A bound ``attention_dropout`` is used, else ``dropout``.
-- Positions, old names (up to 1.3.7): empty ``axial_pos_shape`` means learned PositionalEncoding,
-  a few strings mean fixed encodings, anything else axial. New names (1.3.8 on): ``pos_type`` None
-  means PositionalEncoding *even if* ``pos_axial_shape`` is set (the enwik8 configs do exactly
-  that), a few strings mean fixed encodings, any other string axial.
-- ``ff_chunk_size`` and ``attention_chunk_size`` only split work into chunks; the numbers are the same.
+Parsed with gin-config's own parser and a delegate that records references and macros instead of
+looking them up, so nothing is imported or registered. docs/configuration.md explains the rules
+(scopes, macros, old and new names, what each binding becomes).
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
 import reprlib
 import tokenize
 from collections.abc import Iterable, Sequence
@@ -59,16 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 from gin import config_parser
 
 from reformer_tools.errors import ConfigError
-from reformer_tools.spec import HF_DEFAULTS, read_config_file
+from reformer_tools.spec import read_config_file
+from reformer_tools.trax_defaults import WHOLE_SEQUENCE
 
 #: Macros can share values, so a short file can stand for a huge one; no real config comes near this.
 MAX_VALUE_ITEMS: Final = 1_000_000
-
-#: LayerNorm's epsilon in every Trax release (fixed up to 1.3.6; a gin-configurable default from 1.3.7).
-TRAX_LAYER_NORM_EPS: Final = 1e-6
+#: Brackets nested in the text, and containers nested in a value once macros are resolved. Real configs
+#: nest two or three deep; gin's parser and Python's hashing recurse once per level, so the file is
+#: measured before either sees it.
+MAX_NESTING: Final = 100
 
 #: ReformerLM defaults that are the same in every release (v1.2.0 through master).
 _LM_DEFAULTS: Final[dict[str, int]] = {"max_len": 2048, "d_attention_key": 64, "d_attention_value": 64}
@@ -80,6 +41,8 @@ ACTIVATIONS: Final[dict[str, str]] = {
     "Gelu": "gelu",  # exact, erf-based
     "Sigmoid": "sigmoid",
     "Tanh": "tanh",
+    "Swish": "silu",  # x * sigmoid(x)
+    "LeakyRelu": "leaky_relu",  # slope 0.01, both sides' default
 }
 
 _LOCAL: Final = "SelfAttention"
@@ -141,13 +104,18 @@ class GinSettings:
     bindings: dict[str, Any]  # "scope/Configurable.param" as written -> value (macros resolved)
     overrides: dict[str, Any]  # Hugging Face ReformerConfig keys -> values derived from gin
     attention_kinds: tuple[str, ...] | None  # per decoder layer: "local", "lsh" or "local-shared-qk"
-    notes: tuple[str, ...]  # one-line messages: unsupported or ignored settings, assumptions
+    notes: tuple[str, ...]  # one-line messages: ignored or doubtful settings
+    #: What gin says the model computes that Hugging Face's Reformer cannot, though the weights would not show it.
+    unrepresentable: tuple[str, ...] = ()
+    #: The positional encoding gin names: "axial", "learned" or a weightless pos_type ("sin-cos", ...).
+    positions: str | None = None
 
 
 def read_gin(path: Path) -> GinSettings:
     """Parse ``path`` and translate the model's bindings. Bad input raises ``ConfigError``."""
     path = Path(path)
     text = _read_text(path)
+    _check_nesting(text, path)
     statements, macro_definitions, includes = _parse(text, path)
     try:
         macros = _Macros(macro_definitions)
@@ -158,8 +126,8 @@ def read_gin(path: Path) -> GinSettings:
                 raise ConfigError(f"{path}: {binding.key}: macros expand to more than {MAX_VALUE_ITEMS:,} values")
         translation = _Translation(_Table(bindings))
         translation.run()
-    except RecursionError:
-        raise ConfigError(f"{path}: macros or values nested too deeply") from None
+    except _TooDeep:
+        raise ConfigError(f"{path}: macros or values nested more than {MAX_NESTING} deep") from None
     notes = [
         f"include {name!r} (line {line}) not followed: only this file's bindings are read" for name, line in includes
     ]
@@ -172,6 +140,8 @@ def read_gin(path: Path) -> GinSettings:
         overrides=translation.overrides,
         attention_kinds=translation.kinds,
         notes=tuple(dict.fromkeys(notes)),
+        unrepresentable=tuple(dict.fromkeys(translation.unrepresentable)),
+        positions=translation.positions,
     )
 
 
@@ -205,6 +175,27 @@ def attention_disagreements(gin: GinSettings, weight_kinds: Sequence[str]) -> li
 
 
 # ------------------------------------------------------------------------------------------ reading
+
+
+def _check_nesting(text: str, path: Path) -> None:
+    """Refuse brackets nested deeper than ``MAX_NESTING`` before any recursive parser meets them."""
+    brackets = np.frombuffer(re.sub(r"[^][(){}]+", "", text).encode("ascii"), dtype=np.uint8)
+    depth = np.cumsum(np.isin(brackets, _OPENING).astype(np.int64) - np.isin(brackets, _CLOSING))
+    if depth.size and int(depth.max()) > MAX_NESTING:
+        line = text.count("\n", 0, _position_of_bracket(text, int(np.argmax(depth > MAX_NESTING)))) + 1
+        raise ConfigError(f"{path}: brackets nested more than {MAX_NESTING} deep at line {line}")
+
+
+_OPENING: Final = np.frombuffer(b"([{", dtype=np.uint8)
+_CLOSING: Final = np.frombuffer(b")]}", dtype=np.uint8)
+
+
+def _position_of_bracket(text: str, index: int) -> int:
+    """Where the ``index``-th bracket of ``text`` is."""
+    for count, match in enumerate(re.finditer(r"[][(){}]", text)):
+        if count == index:
+            return match.start()
+    return len(text)
 
 
 def _read_text(path: Path) -> str:
@@ -300,53 +291,78 @@ def _one_line(message: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+class _TooDeep(Exception):
+    """A value nests containers deeper than ``MAX_NESTING`` once its macros are resolved."""
+
+
 class _Macros:
-    """Resolves ``%NAME`` against the file's definitions; each macro is resolved once (no blow-up)."""
+    """Resolves ``%NAME`` against the file's definitions; each macro is resolved once (no blow-up).
+
+    Nesting is counted through macros too: each macro may nest a value ``MAX_NESTING`` deep in
+    the text, so a chain of them could build a value far deeper than the file shows.
+    """
 
     def __init__(self, definitions: dict[str, Any]) -> None:
         self._definitions = definitions
-        self._resolved: dict[str, Any] = {}
+        self._resolved: dict[str, tuple[Any, int]] = {}  # name -> (value, its nesting depth)
         self._active: list[str] = []
         self.undefined: list[str] = []
         self.cyclic: list[str] = []
 
     def resolve(self, value: Any) -> Any:
-        if isinstance(value, GinMacro):
-            return self._macro(value)
-        if isinstance(value, list):
-            return [self.resolve(item) for item in value]
-        if isinstance(value, tuple):
-            return tuple(self.resolve(item) for item in value)
-        if isinstance(value, dict):
-            resolved = {}
-            for key, item in value.items():
-                new_key = self.resolve(key)
-                try:
-                    resolved[new_key] = self.resolve(item)
-                except TypeError:  # a macro key resolved to an unhashable value; keep it unresolved
-                    resolved[key] = self.resolve(item)
-            return resolved
-        return value
+        return self._resolve(value, 0)[0]
 
-    def _macro(self, macro: GinMacro) -> Any:
+    def _resolve(self, value: Any, depth: int) -> tuple[Any, int]:
+        """The value with its macros replaced, and how deeply it nests containers (``depth``: how deep it sits)."""
+        if isinstance(value, GinMacro):
+            return self._macro(value, depth)
+        if not isinstance(value, list | tuple | dict):
+            return value, 0
+        if depth + 1 > MAX_NESTING:
+            raise _TooDeep
+        pairs = value.items() if isinstance(value, dict) else ((None, item) for item in value)
+        height = 0
+        keys, items = [], []
+        for key, item in pairs:
+            new_key, key_height = (None, 0) if key is None else self._resolve(key, depth + 1)
+            new_item, item_height = self._resolve(item, depth + 1)
+            height = max(height, key_height, item_height)
+            keys.append((key, new_key))
+            items.append(new_item)
+        if isinstance(value, list):
+            return items, height + 1
+        if isinstance(value, tuple):
+            return tuple(items), height + 1
+        resolved = {}
+        for (key, new_key), item in zip(keys, items, strict=True):
+            try:
+                resolved[new_key] = item
+            except TypeError:  # a macro key resolved to an unhashable value; keep it unresolved
+                resolved[key] = item
+        return resolved, height + 1
+
+    def _macro(self, macro: GinMacro, depth: int) -> tuple[Any, int]:
         name = macro.name
         if name in self._resolved:
-            return self._resolved[name]
+            value, height = self._resolved[name]
+            if depth + height > MAX_NESTING:
+                raise _TooDeep
+            return value, height
         if name not in self._definitions:
             if name not in self.undefined:
                 self.undefined.append(name)
-            return macro
+            return macro, 0
         if name in self._active:
             if name not in self.cyclic:
                 self.cyclic.append(name)
-            return macro
+            return macro, 0
         self._active.append(name)
         try:
-            value = self.resolve(self._definitions[name])
+            resolved = self._resolve(self._definitions[name], depth)
         finally:
             self._active.pop()
-        self._resolved[name] = value
-        return value
+        self._resolved[name] = resolved
+        return resolved
 
 
 def _size(value: Any, memo: dict[int, int]) -> int:
@@ -423,11 +439,11 @@ class _Translation:
         self.table = table
         self.overrides: dict[str, Any] = {}
         self.notes: list[str] = []
+        self.unrepresentable: list[str] = []
         self.kinds: tuple[str, ...] | None = None
-        self._defaults_used: list[str] = []  # Trax defaults applied for unbound parameters
         self.model_scope: tuple[str, ...] = ()
         self.lm: dict[str, Any] = {}
-        self.seq_len: int | None = None  # the longest input the positions allow, if gin says
+        self.positions: str | None = None  # "axial", "learned" or the weightless pos_type gin names
 
     def run(self) -> None:
         self._model()
@@ -439,11 +455,6 @@ class _Translation:
         self._feed_forward()
         self._attention()
         self._layer_norm()
-        if self._defaults_used:
-            self.notes.append(
-                "assumed Trax's defaults (the same in every release) for what config.gin does not bind, though a "
-                "value passed in Python would not show in it: " + ", ".join(self._defaults_used)
-            )
         ignored = self.table.never_applied((_MODEL, _LOCAL, _LSH, "LayerNorm"))
         if ignored:
             shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
@@ -467,12 +478,11 @@ class _Translation:
     def _layer_norm(self) -> None:
         """1e-6 is fixed up to 1.3.6; from 1.3.7 LayerNorm is a configurable, so gin may bind it."""
         params = self.table.params("LayerNorm", self.model_scope)
-        self._set("layer_norm_eps", TRAX_LAYER_NORM_EPS)
         self._take(
             params, "epsilon", "layer_norm_eps", lambda v: _is_rate(v) and v > 0, "a small positive number", "LayerNorm"
         )
         if params.get("center") is False:
-            self.notes.append(
+            self.unrepresentable.append(
                 "LayerNorm.center = False: RMS normalization (for the final norm at least), which Hugging Face's "
                 "Reformer does not have"
             )
@@ -542,7 +552,7 @@ class _Translation:
                 )
             self._plain_positions()
         elif isinstance(pos_type, str) and pos_type in _NEW_SPECIAL_POSITIONS:
-            self._special_positions(f"ReformerLM.pos_type = {pos_type!r}")
+            self._special_positions(f"ReformerLM.pos_type = {pos_type!r}", pos_type)
         else:
             if pos_type != "axial":
                 self.notes.append(f"ReformerLM.pos_type = {_show(pos_type)}: Trax treats any such value as 'axial'")
@@ -553,7 +563,7 @@ class _Translation:
         if not shape:  # trax: `if not axial_pos_shape: PositionalEncoding(...)`
             self._plain_positions()
         elif isinstance(shape, str) and shape in _OLD_SPECIAL_POSITIONS:
-            self._special_positions(f"ReformerLM.axial_pos_shape = {shape!r}")
+            self._special_positions(f"ReformerLM.axial_pos_shape = {shape!r}", shape)
         else:
             self._axial_positions("axial_pos_shape", "d_axial_pos_embs")
 
@@ -570,17 +580,19 @@ class _Translation:
     def _plain_positions(self, *, flag: bool = True) -> None:
         if flag:
             self._set("axial_pos_embds", False)
+            self.positions = "learned"
         max_len = self._max_len()
         if max_len is not None:
             self._set("max_position_embeddings", max_len)
-            self.seq_len = max_len
 
-    def _special_positions(self, binding: str) -> None:
-        self.notes.append(f"{binding}: a fixed position encoding Hugging Face's Reformer does not have")
+    def _special_positions(self, binding: str, name: str) -> None:
+        """A weightless encoding: sin-cos can be materialised (see ``resolve``); the others cannot."""
+        self.positions = name
+        if name != "sin-cos":
+            self.notes.append(f"{binding}: a fixed position encoding Hugging Face's Reformer does not have")
         max_len = self._max_len()
         if max_len is not None:
             self._set("max_position_embeddings", max_len)
-            self.seq_len = max_len
 
     def _axial_positions(self, shape_name: str, dims_name: str) -> None:
         shape: Any = self.lm.get(shape_name)
@@ -591,16 +603,17 @@ class _Translation:
                 "positive integers of the same length (Trax would have refused them); positions left to the weights"
             )
             return
+        self.positions = "axial"
         self._set("axial_pos_embds", True)
         self._set("axial_pos_shape", shape)
         self._set("axial_pos_embds_dim", dims)
-        self.seq_len = math.prod(shape)
-        self._set("max_position_embeddings", self.seq_len)
+        positions = math.prod(shape)
+        self._set("max_position_embeddings", positions)
         max_len = self._max_len()
-        if max_len is not None and max_len != self.seq_len:
+        if max_len is not None and max_len != positions:
             self.notes.append(
                 f"ReformerLM.max_len = {max_len} is unused with axial positions; "
-                f"max_position_embeddings = {self.seq_len}, the product of {shape_name}"
+                f"max_position_embeddings = {positions}, the product of {shape_name}"
             )
 
     # -- feed-forward
@@ -611,10 +624,15 @@ class _Translation:
             activation = lm["ff_activation"]
             if isinstance(activation, GinReference) and not activation.evaluate and activation.name in ACTIVATIONS:
                 self._set("hidden_act", ACTIVATIONS[activation.name])
+                slope = self.table.params(activation.name, _scope_of(activation, self.model_scope)).get("a", 0.01)
+                if activation.name == "LeakyRelu" and slope != 0.01:
+                    self.unrepresentable.append(
+                        f"LeakyRelu.a = {_show(slope)}: Hugging Face's leaky_relu has the slope 0.01 only"
+                    )
             elif not isinstance(activation, GinMacro):
-                self.notes.append(
+                self.unrepresentable.append(
                     f"ReformerLM.ff_activation = {_show(activation)} has no Hugging Face equivalent "
-                    f"(known: {', '.join(ACTIVATIONS)}); left to the default"
+                    f"(known: {', '.join(ACTIVATIONS)})"
                 )
         self._take(lm, "ff_chunk_size", "chunk_size_feed_forward", _is_count, "a non-negative integer", _MODEL)
         if lm.get("ff_use_sru"):
@@ -637,6 +655,11 @@ class _Translation:
     # -- attention
 
     def _attention(self) -> None:
+        """Attention kinds per layer (when gin says), and the settings of both attention classes.
+
+        Bindings of SelfAttention and LSHSelfAttention are read whether or not ``attention_type`` names
+        the class: the weights decide which layers are which, and the settings apply to those.
+        """
         lm = self.lm
         if "n_layers" in lm:
             n_layers = lm["n_layers"] if _is_positive_int(lm["n_layers"]) else None
@@ -644,24 +667,15 @@ class _Translation:
                 self.notes.append(f"ReformerLM.n_layers = {_show(lm['n_layers'])} is not a positive integer; ignored")
         else:  # a Python caller may have passed it: the weights decide the count
             n_layers = None
-        if "attention_type" not in lm:
-            # A Python caller may have passed it (e.g. a functools.partial with chunk_len), and then gin's
-            # operative config lacks what the caller passed: translate what is bound, assume no defaults.
-            if lm:
-                self.notes.append(
-                    "ReformerLM.attention_type is not bound (Trax's default: SelfAttention from 1.3, "
-                    "DotProductCausalAttention in 1.2); attention kinds left to the weights"
-                )
-            if self.table.params(_LOCAL, self.model_scope):
-                self._local_overrides([GinReference(_LOCAL)], [], defaults=False)
-            if self.table.params(_LSH, self.model_scope):
-                self._lsh_overrides([GinReference(_LSH)], defaults=False)
-            return
-        value = lm["attention_type"]
-        references = list(value) if isinstance(value, list | tuple) else [value]
-        if not references:
+        value = lm.get("attention_type")
+        references = list(value) if isinstance(value, list | tuple) else [] if value is None else [value]
+        if "attention_type" not in lm and lm:
+            self.notes.append(
+                "ReformerLM.attention_type is not bound (Trax's default: SelfAttention from 1.3, "
+                "DotProductCausalAttention in 1.2); attention kinds left to the weights"
+            )
+        elif "attention_type" in lm and not references:
             self.notes.append("ReformerLM.attention_type is an empty list (Trax would have refused it)")
-            return
         unusable = [
             r for r in references if not (isinstance(r, GinReference) and not r.evaluate and r.name in (_LOCAL, _LSH))
         ]
@@ -669,10 +683,13 @@ class _Translation:
             self._note_unusable(unusable)
         local = [r for r in references if isinstance(r, GinReference) and r.name == _LOCAL and not r.evaluate]
         lsh = [r for r in references if isinstance(r, GinReference) and r.name == _LSH and not r.evaluate]
-        shared = self._local_overrides(local, lsh) if local else False
-        if lsh:
-            self._lsh_overrides(lsh)
-        if unusable:
+        # A class attention_type does not name may still be bound: the weights may show it is used.
+        shared = False
+        if local or self.table.params(_LOCAL, self.model_scope):
+            shared = self._local_overrides(local or [GinReference(_LOCAL)])
+        if lsh or self.table.params(_LSH, self.model_scope):
+            self._lsh_overrides(lsh or [GinReference(_LSH)])
+        if unusable or not references:
             return
         if n_layers is None:
             if "n_layers" not in lm:
@@ -729,46 +746,22 @@ class _Translation:
             )
         return settings[0]
 
-    def _whole_sequence(self, owner: str, prefix: str, bound: bool) -> int:
-        """Chunk length for ``chunk_len=None``: the whole sequence (returned)."""
-        if self.seq_len is None:
-            self.seq_len = _LM_DEFAULTS["max_len"]
-            self._defaults_used.append(f"ReformerLM.max_len={self.seq_len}")
-        self._set(f"{prefix}_attn_chunk_length", self.seq_len)
-        self._set(f"{prefix}_num_chunks_before", 0)
-        self._set(f"{prefix}_num_chunks_after", 0)
-        self.notes.append(
-            f"{owner}.chunk_len is None{'' if bound else ' (Trax default)'}: Trax attends over the whole sequence; "
-            f"Hugging Face does the same unchunked attention when the input is no longer than "
-            f"{prefix}_attn_chunk_length, so {prefix}_attn_chunk_length = {self.seq_len} (the longest input the "
-            "positions allow), no chunks before or after"
-        )
-        return self.seq_len
+    def _chunking(self, owner: str, prefix: str, params: dict[str, Any]) -> None:
+        """Chunk length and look-around; ``chunk_len=None`` is whole-sequence attention (see WHOLE_SEQUENCE)."""
+        if "chunk_len" in params and params["chunk_len"] is None:
+            self._set(f"{prefix}_attn_chunk_length", WHOLE_SEQUENCE)
+            self._set(f"{prefix}_num_chunks_before", 0)
+            self._set(f"{prefix}_num_chunks_after", 0)
+            return
+        self._take(params, "chunk_len", f"{prefix}_attn_chunk_length", _is_positive_int, "a positive integer", owner)
+        for name in ("n_chunks_before", "n_chunks_after"):
+            hf_key = f"{prefix}_num_{name.removeprefix('n_')}"
+            self._take(params, name, hf_key, _is_count, "a non-negative integer", owner)
 
-    def _local_overrides(self, local: list[GinReference], lsh: list[GinReference], *, defaults: bool = True) -> bool:
-        """Overrides for SelfAttention layers; True if they share query and key.
-
-        ``defaults``: the model is known to call SelfAttention from gin, so an unbound parameter
-        has Trax's default (the same in every release).
-        """
+    def _local_overrides(self, local: list[GinReference]) -> bool:
+        """Overrides for SelfAttention layers; True if they share query and key."""
         params = self._settings(_LOCAL, local)
-        chunk = params.get("chunk_len")
-        if chunk is None and ("chunk_len" in params or defaults):
-            length = self._whole_sequence(_LOCAL, "local", "chunk_len" in params)
-            if lsh:
-                self._note_padding(lsh, length)
-        else:
-            self._take(params, "chunk_len", "local_attn_chunk_length", _is_positive_int, "a positive integer", _LOCAL)
-            for name, hf_key in (
-                ("n_chunks_before", "local_num_chunks_before"),
-                ("n_chunks_after", "local_num_chunks_after"),
-            ):
-                if name in params:
-                    self._take(params, name, hf_key, _is_count, "a non-negative integer", _LOCAL)
-                elif defaults:  # Trax's default is 0 chunks; Hugging Face's is 1 before
-                    self._set(hf_key, 0)
-                    if HF_DEFAULTS[hf_key] != 0:
-                        self._defaults_used.append(f"SelfAttention.{name}=0")
+        self._chunking(_LOCAL, "local", params)
         self._attention_dropout(params, _LOCAL, "local_attention_probs_dropout_prob")
         if params.get("bias") is True:
             self.notes.append("SelfAttention.bias = True: Hugging Face's attention has no biases")
@@ -785,45 +778,15 @@ class _Translation:
             self.notes.append(f"share_qk = {_show(shared)} is not true or false; read as {bool(shared)}")
         return bool(shared) and not isinstance(shared, GinMacro)
 
-    def _note_padding(self, lsh: list[GinReference], local_chunk: int) -> None:
-        lsh_chunk: Any = self.table.params(_LSH, _scope_of(lsh[0], self.model_scope)).get("chunk_len")
-        if _is_positive_int(lsh_chunk):
-            self.notes.append(
-                f"with local_attn_chunk_length {local_chunk} and lsh_attn_chunk_length {lsh_chunk}, Hugging Face pads "
-                f"inputs longer than {min(lsh_chunk, local_chunk)} tokens to a multiple of "
-                f"{math.lcm(lsh_chunk, local_chunk)} before the layers (and drops the padding after)"
-            )
-
-    def _lsh_overrides(self, lsh: list[GinReference], *, defaults: bool = True) -> None:
-        """Overrides for LSHSelfAttention layers; ``defaults`` as for SelfAttention (notes only: they vary)."""
+    def _lsh_overrides(self, lsh: list[GinReference]) -> None:
+        """Overrides for LSHSelfAttention layers."""
         params = self._settings(_LSH, lsh)
-        if "chunk_len" in params and params["chunk_len"] is None:
-            self._whole_sequence(_LSH, "lsh", True)
-        else:
-            if "chunk_len" not in params and defaults:
-                self.notes.append(
-                    "LSHSelfAttention.chunk_len is not bound: Trax's default is 128 from 1.3.5 and None (whole "
-                    "sequence) before, so it depends on the Trax release; pass --config to set lsh_attn_chunk_length"
-                )
-            self._take(params, "chunk_len", "lsh_attn_chunk_length", _is_positive_int, "a positive integer", _LSH)
-            for name, hf_key in (
-                ("n_chunks_before", "lsh_num_chunks_before"),
-                ("n_chunks_after", "lsh_num_chunks_after"),
-            ):
-                self._take(params, name, hf_key, _is_count, "a non-negative integer", _LSH)
+        self._chunking(_LSH, "lsh", params)
         self._take(params, "n_hashes", "num_hashes", _is_positive_int, "a positive integer", _LSH)
         if "n_buckets" not in params:
-            if defaults:
-                self.notes.append(
-                    "LSHSelfAttention.n_buckets is not bound: Trax's default is 256 up to 1.3.4 and None (from the "
-                    "input length) from 1.3.5, so it depends on the Trax release; pass --config to set num_buckets"
-                )
+            pass
         elif params["n_buckets"] is None:
             self._set("num_buckets", None)
-            self.notes.append(
-                "LSHSelfAttention.n_buckets is None: Trax picks 2·length/chunk_len buckets per input (factorized "
-                "above 128), Hugging Face a power of two on first use; they can differ, so set num_buckets to agree"
-            )
         else:
             self._take(
                 params,

@@ -1,11 +1,9 @@
-"""Derive a Reformer config from the weight shapes alone.
+"""What the weight shapes show of a Reformer config, solved with the mapper's own rule shapes.
 
-Shapes show the architecture: vocabulary, hidden size, layers and their
-attention kinds (3 projections = LSH, 4 = local), heads, head size,
-feed-forward size, axial shape and depths or the maximum length. Settings
-the weights cannot show (chunk lengths, hashing, activation, epsilon) take
-Trax's defaults and are reported as defaulted, so a ``config.gin`` or a
-hand-written ``config.json`` can supply them.
+Shapes show the architecture: vocabulary, hidden size, the layers and their attention kinds
+(3 projections = LSH, 4 = local), heads, head size, feed-forward size, and the positional
+encoding (axial shape and depths, or the maximum length). Everything else (chunk lengths,
+hashing, activation, epsilon) is not in the weights: see ``trax_defaults`` and ``resolve``.
 """
 
 from __future__ import annotations
@@ -13,140 +11,115 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Literal
 
 from reformer_tools.errors import UnsupportedLayoutError
 from reformer_tools.loader import Leaf
-from reformer_tools.mapper import layer_starts
-from reformer_tools.spec import HF_DEFAULTS, ReformerSpec, spec_from_dict
+from reformer_tools.mapper import (
+    EMBEDDING_RULE,
+    HEAD_RULES,
+    KIND_BY_PROJECTIONS,
+    LAYER_RULES,
+    PLAIN_POSITION_RULE,
+    DimSolver,
+    LayerLeaves,
+    Rule,
+    axial_position_rules,
+    split_leaves,
+)
+from reformer_tools.spec import AttentionKind
 
-#: Defaults for settings the weights do not show: Trax's where they differ from
-#: transformers' (LayerNorm epsilon 1e-6; FastGelu, which is HF's gelu_new).
-TRAX_DEFAULTS: Final[dict[str, Any]] = {
-    "hidden_act": "gelu_new",
-    "layer_norm_eps": 1e-6,
-    "local_attn_chunk_length": HF_DEFAULTS["local_attn_chunk_length"],
-    "local_num_chunks_before": HF_DEFAULTS["local_num_chunks_before"],
-    "local_num_chunks_after": 0,
-    "lsh_attn_chunk_length": HF_DEFAULTS["lsh_attn_chunk_length"],
-    "lsh_num_chunks_before": 1,
-    "lsh_num_chunks_after": 0,
-    "num_hashes": 1,
-    "num_buckets": None,
-    "hidden_dropout_prob": 0.0,
-    "attention_probs_dropout_prob": 0.0,
-    "local_attention_probs_dropout_prob": 0.0,
-    "lsh_attention_probs_dropout_prob": 0.0,
-    "is_decoder": True,
-    "tie_word_embeddings": False,
-    "pad_token_id": 0,
-    "eos_token_id": None,
-    "use_cache": False,
-}
+#: How positions are encoded, as far as the weights tell: axial tables, one learned table, or no weights at all.
+PositionKind = Literal["axial", "learned", "none"]
 
 
 @dataclass(frozen=True)
-class InferredConfig:
-    spec: ReformerSpec
-    inferred: dict[str, Any]  # read off the shapes
-    defaulted: dict[str, Any]  # not visible in the weights
-    caveats: tuple[str, ...] = ()
+class WeightShapes:
+    """The config values the shapes prove, and how positions are stored."""
+
+    values: dict[str, Any]  # Hugging Face config keys -> values read off the shapes
+    positions: PositionKind
 
     @property
-    def config(self) -> dict[str, Any]:
-        return self.spec.to_config_dict()
+    def attention_kinds(self) -> tuple[AttentionKind, ...]:
+        return tuple(self.values["attn_layers"])
 
 
 def _fail(message: str) -> UnsupportedLayoutError:
     return UnsupportedLayoutError(f"cannot infer a Reformer config from the shapes: {message}")
 
 
-def infer_config(
-    leaves: Sequence[Leaf], overrides: dict[str, Any] | None = None, *, kinds_confirmed: bool = False
-) -> InferredConfig:
-    """The config the shapes imply; ``overrides`` (from config.gin) fill what they cannot show.
-
-    ``kinds_confirmed`` says the attention types are known from config.gin, so
-    three projections need no shared-QK caveat.
-    """
-    starts = layer_starts(leaves)
-    if not leaves or len(leaves[0].shape) != 2:
+def read_weight_shapes(leaves: Sequence[Leaf]) -> WeightShapes:
+    """Solve the config's dimensions by matching the mapper's rules against ``leaves``."""
+    layout = split_leaves(leaves)
+    if not leaves or len(leaves[0].shape) != EMBEDDING_RULE.rank:
         raise _fail("the first array is not a (vocab, d_model) embedding")
-    if not starts:
+    if layout is None:
         raise _fail("no decoder layer found (a layer norm followed by (heads, d_model, d_head) projections)")
-    vocab, d_model = leaves[0].shape
-    inferred: dict[str, Any] = {"vocab_size": vocab, "hidden_size": d_model}
-    inferred.update(_positions(leaves[1 : starts[0]], d_model))
-
-    head = leaves[-4:]
-    if [leaf.shape for leaf in head] != [(2 * d_model,), (2 * d_model,), (2 * d_model, vocab), (vocab,)]:
-        raise _fail(f"the last four arrays are not the final layer norm and output layer (from {head[0].path})")
-    bounds = [*starts, len(leaves) - 4]
-    kinds = []
-    for i, start in enumerate(starts):
-        segment = leaves[start : bounds[i + 1]]
-        kinds.append(_layer(segment, i, inferred))
-    inferred["attn_layers"] = kinds
-
-    defaulted = {k: v for k, v in TRAX_DEFAULTS.items() if k not in (overrides or {})}
-    config = {**TRAX_DEFAULTS, **(overrides or {}), **inferred}
-    if "lsh" not in kinds:
-        defaulted = {k: v for k, v in defaulted.items() if not k.startswith(("lsh_", "num_hashes", "num_buckets"))}
-    caveats = []
-    if "lsh" in kinds and not kinds_confirmed:
-        layers = ", ".join(str(i) for i, kind in enumerate(kinds) if kind == "lsh")
-        caveats.append(
-            f"layers {layers}: 3 attention projections read as LSH attention; shared-QK local attention has the "
-            "same shapes and cannot be told apart without config.gin (pass --gin or --config to be sure)"
-        )
-    return InferredConfig(spec_from_dict(config), inferred, defaulted, tuple(caveats))
+    solver = DimSolver()
+    _match(solver, (EMBEDDING_RULE,), layout.front[:1], "the embedding")
+    positions, position_values = _positions(solver, layout.front[1:])
+    kinds = [_layer(solver, i, layer) for i, layer in enumerate(layout.layers)]
+    head = layout.head
+    if len(head) != len(HEAD_RULES) or any(solver.first_fit(r, leaf) for r, leaf in zip(HEAD_RULES, head, strict=True)):
+        first = head[0].path if head else leaves[-1].path
+        raise _fail(f"the last {len(HEAD_RULES)} arrays are not the final layer norm and output layer (from {first})")
+    sizes = solver.sizes
+    values: dict[str, Any] = {
+        "vocab_size": sizes["vocab"],
+        "hidden_size": sizes["d"],
+        "num_attention_heads": sizes["h"],
+        "attention_head_size": sizes["dh"],
+        "feed_forward_size": sizes["ff"],
+        "attn_layers": kinds,
+        **position_values,
+    }
+    return WeightShapes(values, positions)
 
 
-def _positions(leaves: Sequence[Leaf], d_model: int) -> dict[str, Any]:
+def _match(solver: DimSolver, rules: Sequence[Rule], leaves: Sequence[Leaf], what: str) -> None:
+    if len(rules) != len(leaves):
+        raise _fail(f"{what} has {len(leaves)} arrays; expected {len(rules)}")
+    for rule, leaf in zip(rules, leaves, strict=True):
+        reason = solver.first_fit(rule, leaf)
+        if reason is not None:
+            raise _fail(f"{what} ({rule.role}): {reason}")
+
+
+def _positions(solver: DimSolver, leaves: Sequence[Leaf]) -> tuple[PositionKind, dict[str, Any]]:
     if not leaves:
-        raise UnsupportedLayoutError(
-            "the checkpoint has no positional-encoding weights (sin-cos, fixed-base or none); "
-            "Hugging Face's Reformer only has learned (axial or plain) positions"
-        )
-    shapes = [leaf.shape for leaf in leaves]
-    if len(shapes) == 1 and len(shapes[0]) in (2, 3) and shapes[0][-1] == d_model and shapes[0][:-2] in ((), (1,)):
-        max_len = shapes[0][-2]
-        return {"axial_pos_embds": False, "max_position_embeddings": max_len}
-    axes = len(shapes)
-    axial_shape, axial_dims = [], []
-    for axis, shape in enumerate(shapes):
-        expected_rank = axes + 2
-        others = [shape[1 + i] for i in range(axes) if i != axis] if len(shape) == expected_rank else [0]
-        if len(shape) != expected_rank or shape[0] != 1 or any(size != 1 for size in others):
-            raise _fail(f"positional encoding array {leaves[axis].path} {list(shape)} is neither axial nor plain")
-        axial_shape.append(shape[1 + axis])
-        axial_dims.append(shape[-1])
-    if sum(axial_dims) != d_model:
-        raise _fail(f"axial position depths {axial_dims} do not add up to d_model {d_model}")
-    return {
+        return "none", {}
+    if len(leaves) == 1 and solver.first_fit(PLAIN_POSITION_RULE, leaves[0]) is None:
+        return "learned", {"axial_pos_embds": False, "max_position_embeddings": solver.sizes["maxlen"]}
+    rules = axial_position_rules(len(leaves))
+    for rule, leaf in zip(rules, leaves, strict=True):
+        if solver.first_fit(rule, leaf) is not None:
+            raise _fail(f"positional encoding array {leaf.path} {list(leaf.shape)} is neither axial nor plain")
+    shape = [solver.sizes[f"axial{axis}"] for axis in range(len(leaves))]
+    dims = [solver.sizes[f"axial_dim{axis}"] for axis in range(len(leaves))]
+    if sum(dims) != solver.sizes["d"]:
+        raise _fail(f"axial position depths {dims} do not add up to d_model {solver.sizes['d']}")
+    return "axial", {
         "axial_pos_embds": True,
-        "axial_pos_shape": axial_shape,
-        "axial_pos_embds_dim": axial_dims,
-        "max_position_embeddings": math.prod(axial_shape),
+        "axial_pos_shape": shape,
+        "axial_pos_embds_dim": dims,
+        "max_position_embeddings": math.prod(shape),
     }
 
 
-def _layer(segment: Sequence[Leaf], index: int, inferred: dict[str, Any]) -> str:
-    d_model = inferred["hidden_size"]
-    projections = [leaf for leaf in segment[2:] if len(leaf.shape) == 3]
-    n = len(projections)
-    if n not in (3, 4):
-        raise _fail(f"layer {index} has {n} attention projections; expected 3 (LSH) or 4 (local)")
-    heads, d_in, d_head = projections[0].shape
-    if d_in != d_model:
-        raise _fail(f"layer {index} attention {projections[0].path} {list(projections[0].shape)} does not read d_model")
-    for key, value in (("num_attention_heads", heads), ("attention_head_size", d_head)):
-        if inferred.setdefault(key, value) != value:
-            raise _fail(f"layer {index} has {key} {value}, earlier layers {inferred[key]}")
-    feed_forward = segment[2 + n :]
-    if len(feed_forward) != 6 or len(feed_forward[2].shape) != 2:
-        raise _fail(f"layer {index} feed-forward has {len(feed_forward)} arrays; expected 6")
-    d_ff = feed_forward[2].shape[1]
-    if inferred.setdefault("feed_forward_size", d_ff) != d_ff:
-        raise _fail(f"layer {index} has feed-forward size {d_ff}, earlier layers {inferred['feed_forward_size']}")
-    return "lsh" if n == 3 else "local"
+def _layer(solver: DimSolver, index: int, layer: LayerLeaves) -> AttentionKind:
+    count = len(layer.attention)
+    kind = KIND_BY_PROJECTIONS.get(count)
+    if kind is None:
+        expected = " or ".join(f"{n} ({k})" for n, k in sorted(KIND_BY_PROJECTIONS.items()))
+        raise _fail(f"layer {index} has {count} attention projections; expected {expected}")
+    if layer.attention_biases:
+        raise UnsupportedLayoutError(
+            f"layer {index}: attention with biases ({', '.join(b.path for b in layer.attention_biases)}); "
+            "Hugging Face's Reformer attention has no biases"
+        )
+    rules = LAYER_RULES[kind]
+    _match(solver, rules.norm, layer.norm, f"layer {index} attention norm")
+    _match(solver, rules.attention, layer.attention, f"layer {index} attention")
+    _match(solver, rules.feed_forward, layer.feed_forward, f"layer {index} feed-forward")
+    return kind

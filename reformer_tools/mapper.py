@@ -1,16 +1,23 @@
-"""How Trax's flat leaves become ``ReformerModelWithLMHead`` tensors.
+"""The one table: how Trax's flat leaves become ``ReformerModelWithLMHead`` tensors.
 
-The mapping is data: ``EMBEDDING_RULES``, ``POSITION_RULES``, ``LAYER_RULES``
-and ``HEAD_RULES`` list, in Trax's flat leaf order, each array's Hugging Face
-key, its Trax shape in terms of the config, and the transform between the two.
-``expected_slots`` expands the tables for one config; ``align`` pairs slots
-with a checkpoint's leaves and reports every disagreement at once; ``plan``
-insists on a perfect match and returns what ``convert`` executes.
+Each :class:`Rule` names one Trax array's Hugging Face key, its Trax shape in terms of
+named dimensions (``("h", "d", "dh")``) and the transform between the two. The tables
+list them in Trax's flat leaf order. Everything else is derived from them:
+
+- ``expected_slots`` fills the dimensions from a config: what a checkpoint must hold;
+- ``split_leaves`` cuts a checkpoint's leaves into embeddings, layers and head, using the
+  rank pattern the rules give (a layer opens with its norm, then attention);
+- ``align`` pairs slots with leaves and reports every disagreement at once; ``plan``
+  insists on a perfect match and returns what ``convert`` executes;
+- :class:`DimSolver` reads the dimensions off leaf shapes by matching rule shapes, which is
+  how ``infer`` learns a config from the weights.
+
+Adding a rule here changes all of them together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -19,9 +26,12 @@ import numpy.typing as npt
 
 from reformer_tools.errors import MappingError, UnsupportedLayoutError
 from reformer_tools.loader import Leaf
-from reformer_tools.spec import ReformerSpec
+from reformer_tools.spec import AttentionKind, ReformerSpec
 
 Shape = tuple[int, ...]
+#: A dimension in a rule's shape: a name solved from the config or the leaves, or a literal size.
+Dim = str | int
+Pattern = tuple[Dim, ...]
 Array = npt.NDArray[Any]
 
 
@@ -86,65 +96,220 @@ POSITIONS: Final = Transform(
 TRANSFORMS: Final = {t.name: t for t in (IDENTITY, TRANSPOSE, HEADS_IN, HEADS_OUT, DROP_LEADING_AXIS, POSITIONS)}
 
 
+# ---------------------------------------------------------------- dimensions
+
+#: What each dimension name means, in config terms. ``axial{i}``/``axial_dim{i}`` are axis i's size and depth.
+DIMENSIONS: Final[dict[str, str]] = {
+    "vocab": "vocab_size",
+    "d": "hidden_size",
+    "ff": "feed_forward_size",
+    "h": "num_attention_heads",
+    "dh": "attention_head_size",
+    "maxlen": "max_position_embeddings",
+}
+#: Dimensions that are a multiple of another: the final norm and output act on both reversible halves.
+DERIVED: Final[dict[str, tuple[str, int]]] = {"d2": ("d", 2)}
+
+
+def dims_for(spec: ReformerSpec) -> dict[str, int]:
+    """Every dimension name's size under ``spec``."""
+    sizes = {name: getattr(spec, key) for name, key in DIMENSIONS.items()}
+    for name, (base, factor) in DERIVED.items():
+        sizes[name] = factor * sizes[base]
+    for axis, (size, depth) in enumerate(zip(spec.axial_pos_shape, spec.axial_pos_embds_dim, strict=True)):
+        sizes[f"axial{axis}"] = size
+        sizes[f"axial_dim{axis}"] = depth
+    return sizes
+
+
+def describe_dim(name: str) -> str:
+    if name.startswith("axial_dim"):
+        return f"axial_pos_embds_dim[{name.removeprefix('axial_dim')}]"
+    if name.startswith("axial"):
+        return f"axial_pos_shape[{name.removeprefix('axial')}]"
+    return DIMENSIONS.get(name, name)
+
+
+class DimSolver:
+    """Binds dimension names to sizes by matching rule shapes against leaf shapes.
+
+    A name, once bound, must give the same size everywhere: a second leaf that says otherwise
+    is a conflict, named with both leaves.
+    """
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, int] = {}
+        self._origin: dict[str, str] = {}  # name -> path of the leaf that bound it
+
+    def conflict(self, pattern: Pattern, leaf: Leaf) -> str | None:
+        """Bind ``pattern``'s names from ``leaf``; None, or why the leaf does not fit (nothing bound then)."""
+        shape = leaf.shape
+        if len(pattern) != len(shape):
+            return f"{leaf.path} {list(shape)} has {len(shape)} dimensions; expected {len(pattern)}"
+        proposed: dict[str, int] = {}
+        for dim, size in zip(pattern, shape, strict=True):
+            if isinstance(dim, int):
+                if dim != size:
+                    return f"{leaf.path} {list(shape)} is not {_show_pattern(pattern)}"
+                continue
+            base, factor = DERIVED.get(dim, (dim, 1))
+            if size % factor:
+                return f"{leaf.path} {list(shape)} is not {_show_pattern(pattern)}: {size} is not {factor}x a size"
+            value = size // factor
+            known = proposed.get(base, self.sizes.get(base))
+            if known is not None and known != value:
+                where = self._origin.get(base, leaf.path)
+                return f"{leaf.path} {list(shape)} gives {describe_dim(base)} {value}; {where} gave {known}"
+            proposed[base] = value
+        for name, value in proposed.items():
+            if name not in self.sizes:
+                self.sizes[name] = value
+                self._origin[name] = leaf.path
+        return None
+
+    def first_fit(self, rule: Rule, leaf: Leaf) -> str | None:
+        """Match ``leaf`` against each shape the rule accepts; None, or why none fits."""
+        reasons = []
+        for pattern in rule.shapes:
+            reason = self.conflict(pattern, leaf)
+            if reason is None:
+                return None
+            reasons.append(reason)
+        return reasons[0]
+
+
+def _show_pattern(pattern: Pattern) -> str:
+    return "(" + ", ".join(str(d) for d in pattern) + ")"
+
+
 # ---------------------------------------------------------------- rule tables
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One Trax array: its role, its HF key template and its shape in config terms.
+    """One Trax array: its role, its HF key template, its accepted shapes and transform.
 
-    ``shape`` names config dimensions: d (hidden), d2 (2*hidden), ff, vocab,
-    h (heads), dh (head size), maxlen. Templates fill ``{layer}``.
+    ``shapes`` name config dimensions (see ``DIMENSIONS``); the first is canonical, the others
+    are layouts older or newer Trax releases stored. Templates fill ``{layer}`` and ``{axis}``.
     """
 
     role: str
     hf_key: str
-    shape: tuple[str, ...]
+    shapes: tuple[Pattern, ...]
     transform: Transform
     also: tuple[str, ...] = ()  # further HF keys holding the same tensor
+    zero_ok: bool = False  # all zeros is normal (a bias before training), not a sign of a broken file
+
+    @property
+    def rank(self) -> int:
+        return len(self.shapes[0])
 
 
-EMBEDDING_RULES: Final = (Rule("embedding", "reformer.embeddings.word_embeddings.weight", ("vocab", "d"), IDENTITY),)
+EMBEDDING_RULE: Final = Rule("embedding", "reformer.embeddings.word_embeddings.weight", (("vocab", "d"),), IDENTITY)
 PLAIN_POSITION_RULE: Final = Rule(
-    "positional encoding", "reformer.embeddings.position_embeddings.embedding.weight", ("maxlen", "d"), POSITIONS
+    "positional encoding",
+    "reformer.embeddings.position_embeddings.embedding.weight",
+    # Trax stored (1, max_len, d) until 2021, then (max_len, d).
+    ((1, "maxlen", "d"), ("maxlen", "d")),
+    POSITIONS,
 )
-# Axial positions depend on the number of axes; ``_axial_slots`` expands this.
 AXIAL_POSITION_KEY: Final = "reformer.embeddings.position_embeddings.weights.{axis}"
 
+
+def axial_position_rules(axes: int) -> tuple[Rule, ...]:
+    """One rule per axis: (1, 1.., size of this axis, ..1, its depth); Hugging Face drops the leading 1."""
+    return tuple(
+        Rule(
+            f"axial position axis {axis}",
+            AXIAL_POSITION_KEY.format(axis=axis),
+            ((1, *(f"axial{axis}" if i == axis else 1 for i in range(axes)), f"axial_dim{axis}"),),
+            DROP_LEADING_AXIS,
+        )
+        for axis in range(axes)
+    )
+
+
 _LAYER = "reformer.encoder.layers.{layer}"
-LAYER_NORM_RULES: Final = (
-    Rule("attention layer norm scale", f"{_LAYER}.attention.layer_norm.weight", ("d",), IDENTITY),
-    Rule("attention layer norm bias", f"{_LAYER}.attention.layer_norm.bias", ("d",), IDENTITY),
+
+
+@dataclass(frozen=True)
+class LayerRules:
+    """One decoder block's arrays, in Trax's order: attention norm, attention, feed-forward."""
+
+    norm: tuple[Rule, ...]
+    attention: tuple[Rule, ...]
+    feed_forward: tuple[Rule, ...]
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return (*self.norm, *self.attention, *self.feed_forward)
+
+
+_ATTENTION_NORM: Final = (
+    Rule("attention layer norm scale", f"{_LAYER}.attention.layer_norm.weight", (("d",),), IDENTITY),
+    Rule("attention layer norm bias", f"{_LAYER}.attention.layer_norm.bias", (("d",),), IDENTITY, zero_ok=True),
 )
-ATTENTION_RULES: Final[dict[str, tuple[Rule, ...]]] = {
-    "lsh": (
-        Rule("LSH query/key", f"{_LAYER}.attention.self_attention.query_key.weight", ("h", "d", "dh"), HEADS_IN),
-        Rule("LSH value", f"{_LAYER}.attention.self_attention.value.weight", ("h", "d", "dh"), HEADS_IN),
-        Rule("LSH output", f"{_LAYER}.attention.output.dense.weight", ("h", "dh", "d"), HEADS_OUT),
+_FEED_FORWARD: Final = (
+    Rule("feed-forward layer norm scale", f"{_LAYER}.feed_forward.layer_norm.weight", (("d",),), IDENTITY),
+    Rule("feed-forward layer norm bias", f"{_LAYER}.feed_forward.layer_norm.bias", (("d",),), IDENTITY, zero_ok=True),
+    Rule("feed-forward dense 1", f"{_LAYER}.feed_forward.dense.dense.weight", (("d", "ff"),), TRANSPOSE),
+    Rule("feed-forward dense 1 bias", f"{_LAYER}.feed_forward.dense.dense.bias", (("ff",),), IDENTITY, zero_ok=True),
+    Rule("feed-forward dense 2", f"{_LAYER}.feed_forward.output.dense.weight", (("ff", "d"),), TRANSPOSE),
+    Rule("feed-forward dense 2 bias", f"{_LAYER}.feed_forward.output.dense.bias", (("d",),), IDENTITY, zero_ok=True),
+)
+_PROJECTION: Final[Pattern] = ("h", "d", "dh")
+_OUTPUT_PROJECTION: Final[Pattern] = ("h", "dh", "d")
+_SELF_ATTENTION = f"{_LAYER}.attention.self_attention"
+
+LAYER_RULES: Final[dict[AttentionKind, LayerRules]] = {
+    # LSHSelfAttention always shares query and key: (w_qk, w_v, w_o).
+    "lsh": LayerRules(
+        _ATTENTION_NORM,
+        (
+            Rule("LSH query/key", f"{_SELF_ATTENTION}.query_key.weight", (_PROJECTION,), HEADS_IN),
+            Rule("LSH value", f"{_SELF_ATTENTION}.value.weight", (_PROJECTION,), HEADS_IN),
+            Rule("LSH output", f"{_LAYER}.attention.output.dense.weight", (_OUTPUT_PROJECTION,), HEADS_OUT),
+        ),
+        _FEED_FORWARD,
     ),
-    "local": (
-        Rule("local query", f"{_LAYER}.attention.self_attention.query.weight", ("h", "d", "dh"), HEADS_IN),
-        Rule("local key", f"{_LAYER}.attention.self_attention.key.weight", ("h", "d", "dh"), HEADS_IN),
-        Rule("local value", f"{_LAYER}.attention.self_attention.value.weight", ("h", "d", "dh"), HEADS_IN),
-        Rule("local output", f"{_LAYER}.attention.output.dense.weight", ("h", "dh", "d"), HEADS_OUT),
+    # SelfAttention (share_qk=False): (w_q, w_k, w_v, w_o).
+    "local": LayerRules(
+        _ATTENTION_NORM,
+        (
+            Rule("local query", f"{_SELF_ATTENTION}.query.weight", (_PROJECTION,), HEADS_IN),
+            Rule("local key", f"{_SELF_ATTENTION}.key.weight", (_PROJECTION,), HEADS_IN),
+            Rule("local value", f"{_SELF_ATTENTION}.value.weight", (_PROJECTION,), HEADS_IN),
+            Rule("local output", f"{_LAYER}.attention.output.dense.weight", (_OUTPUT_PROJECTION,), HEADS_OUT),
+        ),
+        _FEED_FORWARD,
     ),
 }
-FEED_FORWARD_RULES: Final = (
-    Rule("feed-forward layer norm scale", f"{_LAYER}.feed_forward.layer_norm.weight", ("d",), IDENTITY),
-    Rule("feed-forward layer norm bias", f"{_LAYER}.feed_forward.layer_norm.bias", ("d",), IDENTITY),
-    Rule("feed-forward dense 1", f"{_LAYER}.feed_forward.dense.dense.weight", ("d", "ff"), TRANSPOSE),
-    Rule("feed-forward dense 1 bias", f"{_LAYER}.feed_forward.dense.dense.bias", ("ff",), IDENTITY),
-    Rule("feed-forward dense 2", f"{_LAYER}.feed_forward.output.dense.weight", ("ff", "d"), TRANSPOSE),
-    Rule("feed-forward dense 2 bias", f"{_LAYER}.feed_forward.output.dense.bias", ("d",), IDENTITY),
-)
 # The final norm and output act on the two reversible halves concatenated: 2*hidden.
 HEAD_RULES: Final = (
-    Rule("final layer norm scale", "reformer.encoder.layer_norm.weight", ("d2",), IDENTITY),
-    Rule("final layer norm bias", "reformer.encoder.layer_norm.bias", ("d2",), IDENTITY),
-    Rule("output dense", "lm_head.decoder.weight", ("d2", "vocab"), TRANSPOSE),
+    Rule("final layer norm scale", "reformer.encoder.layer_norm.weight", (("d2",),), IDENTITY),
+    Rule("final layer norm bias", "reformer.encoder.layer_norm.bias", (("d2",),), IDENTITY, zero_ok=True),
+    Rule("output dense", "lm_head.decoder.weight", (("d2", "vocab"),), TRANSPOSE),
     # HF ties lm_head.bias to lm_head.decoder.bias; write both so neither is stale.
-    Rule("output bias", "lm_head.decoder.bias", ("vocab",), IDENTITY, also=("lm_head.bias",)),
+    Rule("output bias", "lm_head.decoder.bias", (("vocab",),), IDENTITY, also=("lm_head.bias",), zero_ok=True),
 )
+
+
+def _one(values: Iterable[Any], what: str) -> Any:
+    distinct = set(values)
+    if len(distinct) != 1:
+        raise AssertionError(f"the layer tables disagree on {what}: {distinct}")  # a bug in the tables
+    return distinct.pop()
+
+
+#: Ranks with which every layer opens (its norm, then its first attention array): how layers are found.
+LAYER_OPENING: Final[tuple[int, ...]] = _one(
+    (tuple(r.rank for r in (*rules.norm, rules.attention[0])) for rules in LAYER_RULES.values()), "the layer opening"
+)
+#: The rank of every attention projection; a run of them is one layer's attention.
+ATTENTION_RANK: Final[int] = _one((r.rank for rules in LAYER_RULES.values() for r in rules.attention), "attention")
+NORM_SIZE: Final[int] = _one((len(rules.norm) for rules in LAYER_RULES.values()), "the norm size")
+#: Attention kind by number of projection arrays (3: LSH, 4: local).
+KIND_BY_PROJECTIONS: Final[dict[int, AttentionKind]] = {len(r.attention): k for k, r in LAYER_RULES.items()}
 
 
 # ---------------------------------------------------------------------- slots
@@ -155,11 +320,18 @@ class Slot:
     """A rule made concrete for one config: where one Trax leaf must go."""
 
     group: str  # "embeddings", "layer 3", "head"
-    role: str
+    rule: Rule
     hf_key: str
     source_shapes: tuple[Shape, ...]  # accepted Trax shapes (first is canonical)
-    transform: Transform
     also: tuple[str, ...] = ()
+
+    @property
+    def role(self) -> str:
+        return self.rule.role
+
+    @property
+    def transform(self) -> Transform:
+        return self.rule.transform
 
     @property
     def source_shape(self) -> Shape:
@@ -174,61 +346,57 @@ class Slot:
         return (self.hf_key, *self.also)
 
 
-def _dims(spec: ReformerSpec) -> dict[str, int]:
-    return {
-        "d": spec.hidden_size,
-        "d2": 2 * spec.hidden_size,
-        "ff": spec.feed_forward_size,
-        "vocab": spec.vocab_size,
-        "h": spec.num_attention_heads,
-        "dh": spec.attention_head_size,
-        "maxlen": spec.max_position_embeddings,
-    }
-
-
 def _slot(rule: Rule, group: str, dims: dict[str, int], layer: int | None = None) -> Slot:
-    shape = tuple(dims[name] for name in rule.shape)
-    key = rule.hf_key.format(layer=layer)
-    shapes: tuple[Shape, ...] = (shape,)
-    if rule.transform is POSITIONS:
-        shapes = ((1, *shape), shape)  # Trax stored (1, max_len, d) until 2021, then (max_len, d)
-    return Slot(group, rule.role, key, shapes, rule.transform, tuple(k.format(layer=layer) for k in rule.also))
+    shapes = tuple(tuple(d if isinstance(d, int) else dims[d] for d in pattern) for pattern in rule.shapes)
+    return Slot(group, rule, rule.hf_key.format(layer=layer), shapes, tuple(k.format(layer=layer) for k in rule.also))
 
 
-def _axial_slots(spec: ReformerSpec) -> list[Slot]:
-    slots = []
-    axes = len(spec.axial_pos_shape)
-    for axis, (size, depth) in enumerate(zip(spec.axial_pos_shape, spec.axial_pos_embds_dim, strict=True)):
-        shape = (1, *(size if i == axis else 1 for i in range(axes)), depth)
-        key = AXIAL_POSITION_KEY.format(axis=axis)
-        slots.append(Slot("embeddings", f"axial position axis {axis}", key, (shape,), DROP_LEADING_AXIS))
-    return slots
+@dataclass(frozen=True)
+class LayerSlots:
+    """One decoder block's slots, grouped as its rules are."""
+
+    kind: AttentionKind
+    norm: tuple[Slot, ...]
+    attention: tuple[Slot, ...]
+    feed_forward: tuple[Slot, ...]
+
+    @property
+    def slots(self) -> tuple[Slot, ...]:
+        return (*self.norm, *self.attention, *self.feed_forward)
 
 
 @dataclass(frozen=True)
 class SlotLayout:
     """The expected leaf sequence for a config, grouped the way alignment needs."""
 
-    front: list[Slot]
-    layers: list[list[Slot]]  # per layer: norm, attention, feed-forward
-    head: list[Slot]
+    front: tuple[Slot, ...]  # embedding, positions
+    layers: tuple[LayerSlots, ...]
+    head: tuple[Slot, ...]
 
     @property
     def slots(self) -> list[Slot]:
-        return [*self.front, *(s for layer in self.layers for s in layer), *self.head]
+        return [*self.front, *(s for layer in self.layers for s in layer.slots), *self.head]
+
+
+def position_rules(spec: ReformerSpec) -> tuple[Rule, ...]:
+    return axial_position_rules(len(spec.axial_pos_shape)) if spec.axial_pos_embds else (PLAIN_POSITION_RULE,)
 
 
 def expected_slots(spec: ReformerSpec) -> SlotLayout:
     """Every Hugging Face tensor for ``spec``, in Trax's flat leaf order."""
-    dims = _dims(spec)
-    front = [_slot(r, "embeddings", dims) for r in EMBEDDING_RULES]
-    front += _axial_slots(spec) if spec.axial_pos_embds else [_slot(PLAIN_POSITION_RULE, "embeddings", dims)]
+    dims = dims_for(spec)
+    front = tuple(_slot(r, "embeddings", dims) for r in (EMBEDDING_RULE, *position_rules(spec)))
     layers = []
     for i, kind in enumerate(spec.attn_layers):
-        rules = (*LAYER_NORM_RULES, *ATTENTION_RULES[kind], *FEED_FORWARD_RULES)
-        layers.append([_slot(r, f"layer {i}", dims, layer=i) for r in rules])
-    head = [_slot(r, "head", dims) for r in HEAD_RULES]
-    return SlotLayout(front, layers, head)
+        rules = LAYER_RULES[kind]
+        group = f"layer {i}"
+
+        def make(chosen: tuple[Rule, ...], group: str = group, i: int = i) -> tuple[Slot, ...]:
+            return tuple(_slot(r, group, dims, layer=i) for r in chosen)
+
+        layers.append(LayerSlots(kind, make(rules.norm), make(rules.attention), make(rules.feed_forward)))
+    head = tuple(_slot(r, "head", dims) for r in HEAD_RULES)
+    return SlotLayout(front, tuple(layers), head)
 
 
 def hf_shapes(spec: ReformerSpec) -> dict[str, Shape]:
@@ -238,6 +406,58 @@ def hf_shapes(spec: ReformerSpec) -> dict[str, Shape]:
         for key in slot.hf_keys:
             shapes[key] = slot.target_shape
     return shapes
+
+
+# -------------------------------------------------------------- leaf layout
+
+
+@dataclass(frozen=True)
+class LayerLeaves:
+    """One decoder block's leaves, cut where the rules say its parts are."""
+
+    norm: tuple[Leaf, ...]
+    attention: tuple[Leaf, ...]  # the run of attention-rank arrays after the norm
+    attention_biases: tuple[Leaf, ...]  # (heads, size) arrays right after them: bias=True attention
+    feed_forward: tuple[Leaf, ...]  # the rest
+
+
+@dataclass(frozen=True)
+class LeafLayout:
+    """A checkpoint's leaves cut into embeddings, decoder layers and head."""
+
+    front: tuple[Leaf, ...]
+    layers: tuple[LayerLeaves, ...]
+    head: tuple[Leaf, ...]
+
+
+def layer_starts(leaves: Sequence[Leaf]) -> list[int]:
+    """Where decoder layers begin: the ranks every layer opens with (its norm, then attention)."""
+    ranks = [len(leaf.shape) for leaf in leaves]
+    width = len(LAYER_OPENING)
+    return [i for i in range(len(leaves) - width + 1) if tuple(ranks[i : i + width]) == LAYER_OPENING]
+
+
+def split_leaves(leaves: Sequence[Leaf]) -> LeafLayout | None:
+    """Cut ``leaves`` into embeddings, layers and head; None if no layer opening is found."""
+    starts = layer_starts(leaves)
+    if not starts:
+        return None
+    head_start = max(len(leaves) - len(HEAD_RULES), starts[-1] + NORM_SIZE)
+    bounds = [*starts, head_start]
+    layers = tuple(_split_layer(leaves[bounds[i] : bounds[i + 1]]) for i in range(len(starts)))
+    return LeafLayout(tuple(leaves[: starts[0]]), layers, tuple(leaves[head_start:]))
+
+
+def _split_layer(leaves: Sequence[Leaf]) -> LayerLeaves:
+    end = NORM_SIZE
+    while end < len(leaves) and len(leaves[end].shape) == ATTENTION_RANK:
+        end += 1
+    attention = tuple(leaves[NORM_SIZE:end])
+    heads = attention[0].shape[0]
+    bias_end = end
+    while bias_end < len(leaves) and len(leaves[bias_end].shape) == 2 and leaves[bias_end].shape[0] == heads:
+        bias_end += 1
+    return LayerLeaves(tuple(leaves[:NORM_SIZE]), attention, tuple(leaves[end:bias_end]), tuple(leaves[bias_end:]))
 
 
 # ------------------------------------------------------------------ alignment
@@ -283,45 +503,42 @@ class Alignment:
         """Leaf index -> HF key(s), for the leaves that found a slot."""
         return {a.leaf.index: a.slot.hf_keys for a in self.assignments}
 
-
-def _rank(leaf: Leaf) -> int:
-    return len(leaf.shape)
-
-
-def layer_starts(leaves: Sequence[Leaf]) -> list[int]:
-    """Where decoder layers begin: a layer norm (two vectors) then attention (rank 3)."""
-    return [
-        i
-        for i in range(len(leaves) - 2)
-        if _rank(leaves[i]) == 1 and _rank(leaves[i + 1]) == 1 and _rank(leaves[i + 2]) == 3
-    ]
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mismatches": [
+                {"hf_key": m.hf_key, "trax_path": m.trax_path, "expected": list(m.expected), "actual": list(m.actual)}
+                for m in self.mismatches
+            ],
+            "missing": [slot.hf_key for slot in self.missing],
+            "unused": [leaf.path for leaf in self.unused],
+            "unsupported": list(self.problems),
+            "notes": list(self.notes),
+        }
 
 
 def align(spec: ReformerSpec, leaves: Sequence[Leaf]) -> Alignment:
     """Pair every expected slot with a leaf; collect all disagreements."""
     layout = expected_slots(spec)
     result = Alignment(spec, [], [], [], [], [], [])
-    starts = layer_starts(leaves)
-    if not starts:
+    found = split_leaves(leaves)
+    if found is None:
         _pair(result, layout.slots, list(leaves))
         _explain_unsegmented(result, leaves, spec)
         return result
-    head_size = len(layout.head)
-    tail_start = max(len(leaves) - head_size, starts[-1] + 2)
-    _pair(result, layout.front, list(leaves[: starts[0]]))
-    bounds = [*starts, tail_start]
-    segments = [list(leaves[bounds[i] : bounds[i + 1]]) for i in range(len(starts))]
-    for i in range(max(len(segments), len(layout.layers))):
+    _pair(result, layout.front, found.front)
+    for i in range(max(len(found.layers), len(layout.layers))):
         if i >= len(layout.layers):
-            result.unused.extend(segments[i])
-            continue
-        if i >= len(segments):
-            result.missing.extend(layout.layers[i])
-            continue
-        _align_layer(result, spec, i, layout.layers[i], segments[i])
-    if len(segments) != len(layout.layers):
-        result.notes.append(f"the checkpoint has {len(segments)} decoder layers; the config has {len(layout.layers)}")
-    _pair(result, layout.head, list(leaves[tail_start:]))
+            layer = found.layers[i]
+            result.unused.extend((*layer.norm, *layer.attention, *layer.attention_biases, *layer.feed_forward))
+        elif i >= len(found.layers):
+            result.missing.extend(layout.layers[i].slots)
+        else:
+            _align_layer(result, i, layout.layers[i], found.layers[i])
+    if len(found.layers) != len(layout.layers):
+        result.notes.append(
+            f"the checkpoint has {len(found.layers)} decoder layers; the config has {len(layout.layers)}"
+        )
+    _pair(result, layout.head, found.head)
     _check_dtypes(result, leaves)
     return result
 
@@ -336,62 +553,54 @@ def _pair(result: Alignment, slots: Sequence[Slot], leaves: Sequence[Leaf]) -> N
     result.unused.extend(leaves[len(slots) :])
 
 
-def _align_layer(result: Alignment, spec: ReformerSpec, index: int, slots: list[Slot], leaves: list[Leaf]) -> None:
-    kind = spec.attn_layers[index]
-    n_attention = len(ATTENTION_RULES[kind])
-    norm, attention, feed_forward = slots[:2], slots[2 : 2 + n_attention], slots[2 + n_attention :]
-    found = 0
-    while 2 + found < len(leaves) and _rank(leaves[2 + found]) == 3:
-        found += 1
-    _pair(result, norm, leaves[:2])
-    attention_leaves = leaves[2 : 2 + found]
-    rest = leaves[2 + found :]
-    biases = []
-    while rest and _rank(rest[0]) == 2 and rest[0].shape[0] == spec.num_attention_heads:
-        biases.append(rest.pop(0))
-    if biases:
+def _align_layer(result: Alignment, index: int, slots: LayerSlots, leaves: LayerLeaves) -> None:
+    kind = slots.kind
+    _pair(result, slots.norm, leaves.norm)
+    if leaves.attention_biases:
         result.problems.append(
-            f"layer {index}: attention with biases ({', '.join(b.path for b in biases)}); "
+            f"layer {index}: attention with biases ({', '.join(b.path for b in leaves.attention_biases)}); "
             "Hugging Face's Reformer attention has no biases"
         )
-        result.unused.extend(biases)
-    if found == n_attention:
-        _pair(result, attention, attention_leaves)
+        result.unused.extend(leaves.attention_biases)
+    found = len(leaves.attention)
+    if found == len(slots.attention):
+        _pair(result, slots.attention, leaves.attention)
     else:
-        result.missing.extend(attention)
-        result.unused.extend(attention_leaves)
-        if kind == "local" and found == 3:
+        result.missing.extend(slots.attention)
+        result.unused.extend(leaves.attention)
+        other = KIND_BY_PROJECTIONS.get(found)
+        if kind == "local" and other == "lsh":
             result.problems.append(
                 f"layer {index}: shared query/key local attention (trax SelfAttention(share_qk=True), "
-                f"3 arrays from {attention_leaves[0].path}); Hugging Face's LocalSelfAttention needs separate query "
-                "and key, and Trax's shared-QK attention normalizes keys and masks self-attention"
+                f"{found} arrays from {leaves.attention[0].path}); Hugging Face's LocalSelfAttention needs separate "
+                "query and key, and Trax's shared-QK attention normalizes keys and masks self-attention"
             )
         else:
-            other = "lsh" if kind == "local" else "local"
-            expected = f"{n_attention} projection arrays ({kind})"
+            expected = f"{len(slots.attention)} projection arrays ({kind})"
             result.notes.append(
                 f"layer {index}: the config says {kind} attention ({expected}); the checkpoint has {found}"
-                + (f", which is {other} attention" if found == len(ATTENTION_RULES[other]) else "")
+                + (f", which is {other} attention" if other is not None else "")
             )
-    if len(rest) > len(feed_forward):
-        matches = all(leaf.shape in slot.source_shapes for slot, leaf in zip(feed_forward, rest, strict=False))
-        extra = rest[len(feed_forward) :]
+    rest = leaves.feed_forward
+    expected_ff = slots.feed_forward
+    if len(rest) > len(expected_ff):
+        matches = all(leaf.shape in slot.source_shapes for slot, leaf in zip(expected_ff, rest, strict=False))
         variant = "SRU layers (ff_use_sru)" if matches else "a sparse or otherwise non-standard feed-forward"
         result.problems.append(
-            f"layer {index}: the feed-forward block has {len(rest)} arrays instead of {len(feed_forward)} "
+            f"layer {index}: the feed-forward block has {len(rest)} arrays instead of {len(expected_ff)} "
             f"(from {rest[0].path}); it looks like {variant}, which Hugging Face's Reformer cannot represent"
         )
-        _pair(result, feed_forward, rest[: len(feed_forward)])
-        result.unused.extend(extra)
+        _pair(result, expected_ff, rest[: len(expected_ff)])
+        result.unused.extend(rest[len(expected_ff) :])
     else:
-        _pair(result, feed_forward, rest)
+        _pair(result, expected_ff, rest)
 
 
 def _explain_unsegmented(result: Alignment, leaves: Sequence[Leaf], spec: ReformerSpec) -> None:
-    if any(_rank(leaf) == 3 for leaf in leaves):
+    if any(len(leaf.shape) == ATTENTION_RANK for leaf in leaves):
         return
     d = spec.hidden_size
-    if any(_rank(leaf) == 2 and leaf.shape[0] == d and leaf.shape[1] == spec.all_head_size for leaf in leaves[2:]):
+    if any(len(leaf.shape) == 2 and leaf.shape == (d, spec.all_head_size) for leaf in leaves[2:]):
         result.problems.append(
             "the attention weights are (d_model, heads*d_head) matrices: trax's early-2020 attention "
             "(ComputeAttentionHeads), which Hugging Face's Reformer cannot represent"

@@ -37,8 +37,6 @@ FloatArray: TypeAlias = npt.NDArray[np.floating[Any]]
 LshRotations: TypeAlias = "Callable[[int], Array] | Sequence[Array | None] | None"
 Precision: TypeAlias = Literal["float32", "float64"]
 
-#: tl.LayerNorm's epsilon; ReformerLM never changes it (Hugging Face's config may say otherwise).
-TRAX_LAYER_NORM_EPS: Final = 1e-6
 #: Trax's mask_self_attention subtracts these (rather than replacing the scores).
 _CAUSAL_PENALTY: Final = 1e9
 _SELF_PENALTY: Final = 1e5
@@ -168,11 +166,11 @@ def lsh_rotation_shape(spec: ReformerSpec, seq_len: int) -> tuple[int, int, int,
     return (spec.num_attention_heads, spec.attention_head_size, spec.num_hashes, half)
 
 
-def _layer_norm(x: FloatArray, scale: FloatArray, bias: FloatArray) -> FloatArray:
+def _layer_norm(x: FloatArray, scale: FloatArray, bias: FloatArray, eps: float) -> FloatArray:
     mean = x.mean(axis=-1, keepdims=True)
     centered = x - mean
     variance = (centered * centered).mean(axis=-1, keepdims=True)
-    return np.asarray(centered / np.sqrt(variance + TRAX_LAYER_NORM_EPS) * scale + bias)
+    return np.asarray(centered / np.sqrt(variance + eps) * scale + bias)
 
 
 def _logsumexp(x: FloatArray, axis: int) -> FloatArray:
@@ -205,6 +203,8 @@ def _activation(name: str) -> Callable[[FloatArray], FloatArray]:
         "gelu": gelu,
         "gelu_new": fast_gelu,
         "gelu_fast": fast_gelu,
+        "gelu_pytorch_tanh": fast_gelu,
+        "leaky_relu": lambda x: np.where(x >= 0, x, 0.01 * x),
         "silu": lambda x: x * sigmoid(x),
         "swish": lambda x: x * sigmoid(x),
         "tanh": np.tanh,
@@ -413,14 +413,14 @@ def _decoder(
     act = _activation(spec.hidden_act)
     x1, x2 = x, x  # Dup
     for i, layer in enumerate(weights.layers[:n_layers]):
-        h = _layer_norm(x2, *layer.attention_norm)
+        h = _layer_norm(x2, *layer.attention_norm, spec.layer_norm_eps)
         if layer.kind == "lsh":
             rot = _rotations_for(i, rotations, spec, batch, seq_len, h.dtype)
             x1 = x1 + _lsh_attention(h, layer.attention, spec, rot)
         else:
             x1 = x1 + _local_attention(h, layer.attention, spec)
         # ReversibleSwap, then the feed-forward half-residual and another swap.
-        h = _layer_norm(x1, *layer.feed_forward_norm)
+        h = _layer_norm(x1, *layer.feed_forward_norm, spec.layer_norm_eps)
         h = act(h @ layer.dense1[0] + layer.dense1[1]) @ layer.dense2[0] + layer.dense2[1]
         x2 = x2 + h
     return x1, x2
@@ -437,13 +437,13 @@ def trax_log_probs(
     """Trax ReformerLM's log-probabilities (batch, length, vocab) for ``input_ids``, in eval mode.
 
     ``input_ids`` are what Trax is fed: the model shifts them right itself, so Hugging Face must be
-    fed ``shift_right(input_ids)`` for its position t to line up with position t here. Always causal,
-    with Trax's LayerNorm epsilon (1e-6) whatever the config says. ``lsh_rotations``: see
-    :data:`LshRotations`.
+    fed ``shift_right(input_ids)`` for its position t to line up with position t here. Always causal;
+    LayerNorm's epsilon is the config's ``layer_norm_eps`` (Trax's is 1e-6 unless config.gin binds
+    ``LayerNorm.epsilon``). ``lsh_rotations``: see :data:`LshRotations`.
     """
     weights = parse_weights(leaves, spec, precision=precision)
     x1, x2 = _decoder(weights, spec, input_ids, lsh_rotations, spec.num_layers)
-    h = _layer_norm(np.concatenate([x1, x2], axis=-1), *weights.final_norm)
+    h = _layer_norm(np.concatenate([x1, x2], axis=-1), *weights.final_norm, spec.layer_norm_eps)
     return log_softmax(h @ weights.output[0] + weights.output[1])
 
 

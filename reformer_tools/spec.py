@@ -46,8 +46,21 @@ HF_DEFAULTS: Final[dict[str, Any]] = {
     "vocab_size": 320,
 }
 
-#: Activations Hugging Face's Reformer accepts that Trax models use.
-KNOWN_ACTIVATIONS: Final = ("relu", "gelu", "gelu_new", "gelu_fast", "silu", "swish", "tanh", "sigmoid")
+#: Activations Trax's ReformerLM can have, under the Hugging Face names that compute exactly the same
+#: function: tl.Relu, tl.Gelu (erf), tl.FastGelu (the tanh approximation: gelu_new, gelu_fast and
+#: gelu_pytorch_tanh), tl.Sigmoid, tl.Tanh, tl.Swish (silu, swish), tl.LeakyRelu (its default slope 0.01).
+TRAX_ACTIVATIONS: Final = (
+    "relu",
+    "gelu",
+    "gelu_new",
+    "gelu_fast",
+    "gelu_pytorch_tanh",
+    "sigmoid",
+    "tanh",
+    "silu",
+    "swish",
+    "leaky_relu",
+)
 
 
 @dataclass(frozen=True)
@@ -142,8 +155,8 @@ def read_config_file(path: Path, kind: str) -> bytes:
     return data
 
 
-def load_spec(path: str | os.PathLike[str]) -> ReformerSpec:
-    """Read and validate a ``config.json``. Errors name the file and the field."""
+def read_config_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object in a ``config.json``, not yet validated. Errors name the file."""
     path = Path(path)
     try:
         text = read_config_file(path, "config.json").decode("utf-8")
@@ -155,6 +168,14 @@ def load_spec(path: str | os.PathLike[str]) -> ReformerSpec:
         raise ConfigError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid JSON (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load_spec(path: str | os.PathLike[str]) -> ReformerSpec:
+    """Read and validate a ``config.json``. Errors name the file and the field."""
+    data = read_config_json(path)
     try:
         return spec_from_dict(data)
     except ConfigError as error:
@@ -182,7 +203,7 @@ def spec_from_dict(data: Any) -> ReformerSpec:
         axial_pos_embds_dim=reader.int_tuple("axial_pos_embds_dim"),
         max_position_embeddings=reader.positive_int("max_position_embeddings"),
         hidden_act=reader.string("hidden_act"),
-        layer_norm_eps=reader.number("layer_norm_eps"),
+        layer_norm_eps=reader.positive_number("layer_norm_eps"),
         local_attn_chunk_length=reader.positive_int("local_attn_chunk_length"),
         local_num_chunks_before=reader.non_negative_int("local_num_chunks_before"),
         local_num_chunks_after=reader.non_negative_int("local_num_chunks_after"),
@@ -195,22 +216,82 @@ def spec_from_dict(data: Any) -> ReformerSpec:
         is_decoder=reader.boolean("is_decoder"),
         raw=dict(data),
     )
-    _check_consistency(spec)
+    _check_consistency(spec, data)
     return spec
 
 
-def _check_consistency(spec: ReformerSpec) -> None:
+def _check_consistency(spec: ReformerSpec, data: dict[str, Any]) -> None:
+    """Refuse configs that cannot describe a Trax ReformerLM in Hugging Face, every problem at once."""
+    problems = []
     if not spec.attn_layers:
-        raise ConfigError("attn_layers is empty")
+        problems.append("attn_layers is empty")
+    layers = data.get("num_hidden_layers", spec.num_layers)
+    if layers != spec.num_layers:
+        problems.append(
+            f"num_hidden_layers is {layers!r} but attn_layers lists {spec.num_layers} layers "
+            "(Hugging Face would build the extra layers with random weights)"
+        )
+    if spec.hidden_act not in TRAX_ACTIVATIONS:
+        problems.append(
+            f"hidden_act {spec.hidden_act!r} is not an activation Trax's ReformerLM can have "
+            f"(one of {', '.join(TRAX_ACTIVATIONS)})"
+        )
     if spec.axial_pos_embds:
         if len(spec.axial_pos_shape) != len(spec.axial_pos_embds_dim) or not spec.axial_pos_shape:
-            raise ConfigError("axial_pos_shape and axial_pos_embds_dim must have the same, non-zero length")
-        if sum(spec.axial_pos_embds_dim) != spec.hidden_size:
-            raise ConfigError(
+            problems.append("axial_pos_shape and axial_pos_embds_dim must have the same, non-zero length")
+        elif sum(spec.axial_pos_embds_dim) != spec.hidden_size:
+            problems.append(
                 f"axial_pos_embds_dim {list(spec.axial_pos_embds_dim)} must sum to hidden_size {spec.hidden_size}"
             )
-        if math.prod(spec.axial_pos_shape) < 1:
-            raise ConfigError("axial_pos_shape must be positive")
+        elif math.prod(spec.axial_pos_shape) != spec.max_position_embeddings:
+            problems.append(
+                f"axial_pos_shape {list(spec.axial_pos_shape)} has {math.prod(spec.axial_pos_shape)} positions but "
+                f"max_position_embeddings is {spec.max_position_embeddings}"
+            )
+    if not spec.is_decoder:
+        problems.append("is_decoder must be true: Trax's ReformerLM is causal, and ReformerModelWithLMHead requires it")
+    for kind in ("local", "lsh"):
+        after = getattr(spec, f"{kind}_num_chunks_after")
+        if kind in spec.attn_layers and after != 0:
+            problems.append(f"{kind}_num_chunks_after must be 0 in a causal model, got {after}")
+    buckets = spec.num_buckets
+    factors = (buckets,) if isinstance(buckets, int) else buckets or ()
+    if any(factor % 2 for factor in factors):
+        problems.append(f"num_buckets {_json(buckets)} must be even (each factor, when a list)")
+    if data.get("tie_word_embeddings") is True:
+        problems.append(
+            "tie_word_embeddings must be false: the output layer is (2*hidden_size, vocab_size), "
+            "which cannot share the (vocab_size, hidden_size) embedding"
+        )
+    for key in _PROBABILITIES:
+        value = data.get(key)
+        if value is not None and (type(value) not in (int, float) or not 0 <= value < 1):
+            problems.append(f"{key} must be a probability in [0, 1), got {value!r}")
+    for key in _TOKEN_IDS:
+        value = data.get(key)
+        ids = value if isinstance(value, list) else [value]
+        if value is not None and not all(type(i) is int and 0 <= i < spec.vocab_size for i in ids):
+            problems.append(f"{key} must be null or token ids in [0, {spec.vocab_size}), got {value!r}")
+    for key in _CHUNK_SIZES:
+        value = data.get(key)
+        if value is not None and (type(value) is not int or value < 0):
+            problems.append(f"{key} must be a non-negative integer, got {value!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+_PROBABILITIES: Final = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "local_attention_probs_dropout_prob",
+    "lsh_attention_probs_dropout_prob",
+)
+_TOKEN_IDS: Final = ("pad_token_id", "eos_token_id", "bos_token_id")
+_CHUNK_SIZES: Final = ("chunk_size_feed_forward", "chunk_size_lm_head")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
 class _Reader:
@@ -240,10 +321,10 @@ class _Reader:
             raise ConfigError(f"{key} must be an integer or null, got {value!r}")
         return value
 
-    def number(self, key: str) -> float:
+    def positive_number(self, key: str) -> float:
         value = self._get(key)
-        if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
-            raise ConfigError(f"{key} must be a non-negative number, got {value!r}")
+        if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{key} must be a positive number, got {value!r}")
         return float(value)
 
     def boolean(self, key: str) -> bool:

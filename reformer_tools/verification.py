@@ -25,6 +25,7 @@ from reformer_tools.spec import ReformerSpec, spec_from_dict
 
 if TYPE_CHECKING:
     from reformer_tools.numerics import NumericsReport
+    from reformer_tools.resolve import ResolvedConfig
 
 #: Config fields that change the weights' shapes or the forward pass.
 NUMERIC_FIELDS: Final = (
@@ -121,7 +122,7 @@ class ConvertedReport:
 @dataclass
 class VerifyReport:
     checkpoint: str
-    config_source: str
+    resolved: ResolvedConfig
     alignment: Alignment
     audits: list[ArrayAudit] = field(default_factory=list)
     converted: ConvertedReport | None = None
@@ -138,31 +139,25 @@ class VerifyReport:
             self.alignment.ok
             and not self.failed_audits
             and (self.converted is None or self.converted.ok)
-            and (self.numerics is None or self.numerics.passed)
+            and (self.numerics is None or self.numerics.ok)
             and self.numerics_skipped is None
         )
 
     @property
-    def tensor_count(self) -> int:
-        return sum(len(a.slot.hf_keys) for a in self.alignment.assignments)
+    def config_source(self) -> str:
+        return self.resolved.description
 
     def to_json(self) -> dict[str, Any]:
-        alignment = self.alignment
+        from reformer_tools.inspection import config_json
+
         dtypes: dict[str, int] = {}
         for audit in self.audits:
             dtypes[audit.dtype] = dtypes.get(audit.dtype, 0) + 1
         return {
             "ok": self.ok,
             "checkpoint": self.checkpoint,
-            "config_source": self.config_source,
-            "mismatches": [
-                {"hf_key": m.hf_key, "trax_path": m.trax_path, "expected": list(m.expected), "actual": list(m.actual)}
-                for m in alignment.mismatches
-            ],
-            "missing": [slot.hf_key for slot in alignment.missing],
-            "unused": [leaf.path for leaf in alignment.unused],
-            "unsupported": list(alignment.problems),
-            "notes": list(alignment.notes),
+            **config_json(self.resolved),
+            **self.alignment.to_json(),
             "arrays": {
                 "count": len(self.audits),
                 "dtypes": dtypes,
@@ -189,7 +184,6 @@ def audit_array(leaf: Leaf, array: npt.NDArray[Any], assignment: Assignment | No
     else:
         nan = inf = 0
     all_zero = values.size > 0 and not np.any(values)
-    role = assignment.slot.role if assignment is not None else ""
     return ArrayAudit(
         leaf.path,
         assignment.slot.hf_key if assignment is not None else None,
@@ -197,7 +191,7 @@ def audit_array(leaf: Leaf, array: npt.NDArray[Any], assignment: Assignment | No
         nan,
         inf,
         bool(all_zero),
-        zero_is_suspicious="bias" not in role,
+        zero_is_suspicious=assignment is None or not assignment.slot.rule.zero_ok,
     )
 
 
@@ -257,8 +251,7 @@ def check_converted_config(converted: ConvertedModel, spec: ReformerSpec, report
 
 def verify_checkpoint(
     checkpoint: TraxCheckpoint,
-    spec: ReformerSpec,
-    config_source: str,
+    resolved: ResolvedConfig,
     converted: ConvertedModel | None = None,
     *,
     on_array: Callable[[Leaf, npt.NDArray[Any]], None] | None = None,
@@ -268,8 +261,9 @@ def verify_checkpoint(
     ``on_array`` sees every source array as it streams by (used to collect the
     float32 weights for ``--numerics`` without reading a side file twice).
     """
+    spec = resolved.spec
     alignment = align(spec, checkpoint.leaves)
-    report = VerifyReport(str(checkpoint.path), config_source, alignment)
+    report = VerifyReport(str(checkpoint.path), resolved, alignment)
     by_leaf = {a.leaf.index: a for a in alignment.assignments}
     if converted is not None:
         report.converted = ConvertedReport(str(converted.path))
@@ -291,12 +285,11 @@ def verify_checkpoint(
 def verify_numerics(
     report: VerifyReport,
     leaves: list[npt.NDArray[np.float32]],
-    spec: ReformerSpec,
     converted: Path | None,
     input_ids: npt.NDArray[Any] | None,
     *,
-    atol: float,
-    seed: int,
+    atol: float | None,
+    seed: int | None,
 ) -> None:
     """Run the converted model and the independent NumPy reference on the same tokens.
 
@@ -317,4 +310,6 @@ def verify_numerics(
             for assignment in report.alignment.assignments
             for key in assignment.slot.hf_keys
         }
-    report.numerics = compare_numerics(leaves, spec, model, input_ids, atol=atol, seed=seed)
+    report.numerics = compare_numerics(
+        leaves, report.resolved.spec, model, input_ids, atol=atol, seed=seed, assumed=report.resolved.assumed_values
+    )

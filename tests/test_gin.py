@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from reformer_tools import spec
 from reformer_tools.errors import ConfigError, ExitCode
 from reformer_tools.gin_config import GinMacro, GinReference, GinSettings, attention_disagreements, read_gin
+from reformer_tools.trax_defaults import WHOLE_SEQUENCE
 from tests.conftest import FIXTURES, TRAX_FIXTURES, invoke
 
 GIN = FIXTURES / "gin"
@@ -74,7 +75,6 @@ def test_enwik8_v1_2_4_old_axial_names_macros_and_cycled_attention() -> None:
         "hidden_act": "relu",
         "local_attn_chunk_length": 128,
         "local_num_chunks_before": 1,
-        "local_num_chunks_after": 0,
         "local_attention_probs_dropout_prob": 0.2,
         "lsh_attn_chunk_length": 256,
         "lsh_num_chunks_before": 1,
@@ -83,7 +83,6 @@ def test_enwik8_v1_2_4_old_axial_names_macros_and_cycled_attention() -> None:
         "num_buckets": 512,
         "lsh_attention_probs_dropout_prob": 0.2,
         "attn_layers": list(LOCAL_LSH_12),
-        "layer_norm_eps": 1e-6,
     }
     assert gin.attention_kinds == LOCAL_LSH_12
     assert gin.notes == ()
@@ -146,7 +145,6 @@ def test_crime_and_punishment_colab() -> None:
         "hidden_act": "relu",
         "local_attn_chunk_length": 64,
         "local_num_chunks_before": 1,
-        "local_num_chunks_after": 0,
         "local_attention_probs_dropout_prob": 0.05,
         "lsh_attn_chunk_length": 64,
         "lsh_num_chunks_before": 1,
@@ -185,10 +183,10 @@ def test_first_reformer_colab_v1_attention_is_not_representable(gin_text: ReadTe
 
 def _resolve(fixture: str, gin_file: str) -> Any:
     from reformer_tools.loader import load_checkpoint
-    from reformer_tools.resolve import resolve_spec
+    from reformer_tools.resolve import resolve_config
 
     checkpoint = load_checkpoint(TRAX_FIXTURES / fixture / "model.pkl", data=False)
-    return resolve_spec(checkpoint, None, GIN / gin_file, required=True)
+    return resolve_config(checkpoint, None, GIN / gin_file)
 
 
 def _fields(spec: Any, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -200,8 +198,8 @@ def test_operative_config_v1_4_1_with_its_checkpoint_gives_the_reference_config(
 
     resolved = _resolve("t141_mixed_axial", "operative_v1.4.1_mixed.gin")
     assert _fields(resolved.spec) == _fields(load_spec(TRAX_FIXTURES / "t141_mixed_axial" / "config.json"))
-    assert not any("says" in message for message in resolved.messages)  # gin and weights agree
-    assert not any("cannot be told apart" in message for message in resolved.messages)  # kinds confirmed
+    assert not any("says" in message for message in resolved.notes)  # gin and weights agree
+    assert not any("cannot be told apart" in message for message in resolved.notes)  # kinds confirmed
     assert resolved.gin.attention_kinds == ("local", "lsh", "local", "lsh")
 
 
@@ -220,7 +218,7 @@ def test_operative_config_shared_qk_is_reported_per_layer() -> None:
     resolved = _resolve("t141_local_shareqk", "operative_v1.4.1_shareqk.gin")
     assert resolved.gin.attention_kinds == ("local-shared-qk", "local-shared-qk")
     assert "attn_layers" not in resolved.gin.overrides
-    per_layer = [m for m in resolved.messages if m.startswith("layer ") and "says shared-QK local attention" in m]
+    per_layer = [m for m in resolved.notes if m.startswith("layer ") and "says shared-QK local attention" in m]
     assert len(per_layer) == 2
     assert has_note(resolved.gin, "layers 0, 1", "share_qk=True", "cannot represent")
 
@@ -272,9 +270,16 @@ def test_cli_with_a_good_and_a_broken_gin(tmp_path: Path) -> None:
     bad = tmp_path / "config.gin"
     bad.write_text("ReformerLM.d_model = 32\nReformerLM.d_ff = = 64\n", encoding="utf-8")
     result = invoke(["inspect", checkpoint, "--gin", bad])
-    assert result.exit_code == ExitCode.USAGE
+    assert result.exit_code == ExitCode.USAGE  # the user named the file: a usage error
     assert f"{bad}: gin syntax error at line 2" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    shutil.copy(checkpoint, beside / "model.pkl")
+    shutil.copy(bad, beside / "config.gin")
+    found = invoke(["inspect", beside / "model.pkl"])
+    assert found.exit_code == ExitCode.UNREADABLE  # part of the checkpoint's directory, not the user's typing
+    assert f"{beside / 'config.gin'}: gin syntax error at line 2" in found.stderr
 
 
 # ---------------------------------------------------------------------------- parsing: names and macros
@@ -490,7 +495,6 @@ def test_sizes_round_trip(
         "hidden_dropout_prob": dropout,
         "chunk_size_feed_forward": ff_chunk,
     }
-    assert gin.overrides["layer_norm_eps"] == 1e-6
     assert other_notes(gin) == []
 
 
@@ -512,22 +516,23 @@ def test_wrong_types_are_noted_and_skipped(gin_text: ReadText, binding: str, not
     assert has_note(gin, note)
 
 
-def test_empty_file_sets_only_the_layer_norm_epsilon(gin_text: ReadText) -> None:
+def test_empty_file_sets_nothing(gin_text: ReadText) -> None:
     gin = gin_text("# nothing\n")
-    assert gin.overrides == {"layer_norm_eps": 1e-6}
+    assert gin.overrides == {}
     assert gin.attention_kinds is None
     assert gin.bindings == {}
 
 
-def test_layer_norm_epsilon_is_trax_default_unless_bound(gin_text: ReadText) -> None:
-    """LayerNorm is a gin configurable from trax 1.3.7; before, 1e-6 was fixed."""
-    assert gin_text("ReformerLM.d_model = 8").overrides["layer_norm_eps"] == 1e-6
+def test_layer_norm_epsilon_only_when_bound(gin_text: ReadText) -> None:
+    """LayerNorm is a gin configurable from trax 1.3.7; unbound, its default is assumed (see test_resolve)."""
+    assert "layer_norm_eps" not in gin_text("ReformerLM.d_model = 8").overrides
     assert gin_text("LayerNorm.epsilon = 1e-05").overrides["layer_norm_eps"] == 1e-5
     assert not has_note(gin_text("LayerNorm.epsilon = 1e-06\nLayerNorm.center = True"), "LayerNorm")
     bad = gin_text("LayerNorm.epsilon = 0")
-    assert bad.overrides["layer_norm_eps"] == 1e-6
+    assert "layer_norm_eps" not in bad.overrides
     assert has_note(bad, "LayerNorm.epsilon = 0 is not a small positive number")
-    assert has_note(gin_text("LayerNorm.center = False"), "RMS normalization")
+    rms = gin_text("LayerNorm.center = False")
+    assert any("RMS normalization" in reason for reason in rms.unrepresentable)  # invisible in the weights: refused
 
 
 def test_d_attention_value_must_equal_the_key_size(gin_text: ReadText) -> None:
@@ -551,10 +556,17 @@ def test_activations(gin_text: ReadText, reference: str, hidden_act: str) -> Non
 
 
 @pytest.mark.parametrize("value", ["@trax.layers.Selu", "@Relu()", "'relu'"])
-def test_other_activations_are_noted(gin_text: ReadText, value: str) -> None:
+def test_other_activations_are_unrepresentable(gin_text: ReadText, value: str) -> None:
     gin = gin_text(f"ReformerLM.ff_activation = {value}")
     assert "hidden_act" not in gin.overrides
-    assert has_note(gin, "ff_activation", "has no Hugging Face equivalent")
+    assert any("ff_activation" in r and "has no Hugging Face equivalent" in r for r in gin.unrepresentable)
+
+
+def test_leaky_relu_converts_only_with_its_default_slope(gin_text: ReadText) -> None:
+    assert gin_text("ReformerLM.ff_activation = @LeakyRelu").overrides["hidden_act"] == "leaky_relu"
+    assert gin_text("ReformerLM.ff_activation = @Swish").overrides["hidden_act"] == "silu"
+    steep = gin_text("ReformerLM.ff_activation = @LeakyRelu\nLeakyRelu.a = 0.2")
+    assert any("LeakyRelu.a = 0.2" in r for r in steep.unrepresentable)
 
 
 @pytest.mark.parametrize(
@@ -649,11 +661,19 @@ def test_new_names_pos_type_none_ignores_the_axial_shape(gin_text: ReadText) -> 
     assert has_note(gin, "pos_type is None", "ignored pos_axial_shape (8, 8)")
 
 
-@pytest.mark.parametrize("special", ["sin-cos", "fixed-base", "infinite", "infinite-affine", "time-bin", "no"])
+@pytest.mark.parametrize("special", ["fixed-base", "infinite", "infinite-affine", "time-bin", "no"])
 def test_new_special_encodings_are_noted(gin_text: ReadText, special: str) -> None:
     gin = gin_text(f"ReformerLM.pos_type = '{special}'\nReformerLM.pos_axial_shape = (8, 8)")
     assert has_note(gin, f"pos_type = '{special}'", "does not have")
     assert "axial_pos_embds" not in gin.overrides
+    assert gin.positions == special
+
+
+def test_sin_cos_is_named_for_the_resolver_to_materialise(gin_text: ReadText) -> None:
+    gin = gin_text("ReformerLM.pos_type = 'sin-cos'\nReformerLM.max_len = 300")
+    assert gin.positions == "sin-cos"
+    assert gin.overrides == {"max_position_embeddings": 300}
+    assert not has_note(gin, "does not have")
 
 
 def test_other_pos_type_strings_are_axial_as_in_trax(gin_text: ReadText) -> None:
@@ -703,43 +723,15 @@ def test_local_chunk_len_none_is_the_whole_sequence(gin_text: ReadText) -> None:
         SelfAttention.n_chunks_before = 3  # ignored by Trax without chunks
         """
     )
-    assert gin.overrides["local_attn_chunk_length"] == 1024
+    assert gin.overrides["local_attn_chunk_length"] is WHOLE_SEQUENCE  # the resolver makes it max_len
     assert gin.overrides["local_num_chunks_before"] == 0
     assert gin.overrides["local_num_chunks_after"] == 0
-    assert has_note(gin, "SelfAttention.chunk_len is None:", "whole sequence", "no longer than local_attn_chunk_length")
 
 
-def test_local_chunk_len_unbound_uses_the_trax_default_none(gin_text: ReadText) -> None:
-    gin = gin_text(
-        """
-        ReformerLM.attention_type = @SelfAttention
-        ReformerLM.n_layers = 1
-        ReformerLM.pos_type = 'axial'
-        ReformerLM.pos_axial_shape = (16, 32)
-        ReformerLM.pos_d_axial_embs = (8, 8)
-        """
-    )
-    assert gin.overrides["local_attn_chunk_length"] == 512  # the axial product bounds the input
-    assert has_note(gin, "chunk_len is None (Trax default)")
-
-
-def test_whole_sequence_without_max_len_uses_trax_default_2048(gin_text: ReadText) -> None:
+def test_unbound_local_settings_are_left_to_the_resolver(gin_text: ReadText) -> None:
     gin = gin_text("ReformerLM.attention_type = @SelfAttention\nReformerLM.n_layers = 1")
-    assert gin.overrides["local_attn_chunk_length"] == 2048
-    assert has_note(gin, "assumed Trax's defaults", "ReformerLM.max_len=2048")
-
-
-def test_whole_sequence_local_with_lsh_notes_padding(gin_text: ReadText) -> None:
-    gin = gin_text(
-        """
-        ReformerLM.attention_type = [@SelfAttention, @LSHSelfAttention]
-        ReformerLM.n_layers = 2
-        ReformerLM.max_len = 4096
-        LSHSelfAttention.chunk_len = 64
-        """
-    )
-    assert gin.overrides["local_attn_chunk_length"] == 4096
-    assert has_note(gin, "pads inputs longer than 64 tokens to a multiple of 4096")
+    assert not any(key.startswith("local_") for key in gin.overrides)
+    assert not has_note(gin, "assumed")
 
 
 def test_hugging_face_local_attention_is_unchunked_up_to_the_chunk_length() -> None:
@@ -755,13 +747,10 @@ def test_hugging_face_local_attention_is_unchunked_up_to_the_chunk_length() -> N
     assert "do_standard_self_attention = sequence_length <= self.chunk_length" in local
 
 
-def test_local_chunk_len_set_defaults_chunks_before_to_trax_zero(gin_text: ReadText) -> None:
+def test_local_chunk_len_alone_binds_only_the_chunk(gin_text: ReadText) -> None:
     gin = gin_text("ReformerLM.attention_type = @SelfAttention\nReformerLM.n_layers = 1\nSelfAttention.chunk_len = 64")
     assert gin.overrides["local_attn_chunk_length"] == 64
-    assert gin.overrides["local_num_chunks_before"] == 0  # Hugging Face's default would be 1
-    assert gin.overrides["local_num_chunks_after"] == 0
-    assert has_note(gin, "assumed Trax's defaults", "SelfAttention.n_chunks_before=0")
-    assert not has_note(gin, "n_chunks_after")  # the same as Hugging Face's
+    assert "local_num_chunks_before" not in gin.overrides  # Trax's 0, not Hugging Face's 1: assumed by the resolver
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -874,11 +863,9 @@ def test_lsh_settings_round_trip(
     assert gin.notes == ()
 
 
-def test_lsh_unbound_release_dependent_defaults_are_noted_not_guessed(gin_text: ReadText) -> None:
+def test_lsh_unbound_settings_are_left_to_the_resolver(gin_text: ReadText) -> None:
     gin = gin_text("ReformerLM.attention_type = @LSHSelfAttention\nReformerLM.n_layers = 1")
     assert not any(key.startswith("lsh_attn") or key == "num_buckets" for key in gin.overrides)
-    assert has_note(gin, "LSHSelfAttention.chunk_len is not bound", "128 from 1.3.5")
-    assert has_note(gin, "LSHSelfAttention.n_buckets is not bound", "256 up to 1.3.4")
 
 
 def test_lsh_chunk_len_none_and_n_buckets_none(gin_text: ReadText) -> None:
@@ -891,11 +878,9 @@ def test_lsh_chunk_len_none_and_n_buckets_none(gin_text: ReadText) -> None:
         LSHSelfAttention.n_buckets = None
         """
     )
-    assert gin.overrides["lsh_attn_chunk_length"] == 256
+    assert gin.overrides["lsh_attn_chunk_length"] is WHOLE_SEQUENCE
     assert gin.overrides["lsh_num_chunks_before"] == 0
     assert gin.overrides["num_buckets"] is None
-    assert has_note(gin, "LSHSelfAttention.chunk_len is None:")
-    assert has_note(gin, "n_buckets is None", "set num_buckets")
 
 
 def test_lsh_odd_bucket_count_is_refused_as_trax_does(gin_text: ReadText) -> None:
@@ -1042,8 +1027,37 @@ def test_syntax_errors_never_leak_tracebacks(tmp_path: Path, text: str, line: in
 def test_deep_nesting_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "config.gin"
     path.write_text("a.b = " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="nested too deeply"):
+    with pytest.raises(ConfigError, match="brackets nested more than 100 deep at line 1"):
         read_gin(path)
+
+
+def test_macros_cannot_nest_deeper_than_the_text_allows(tmp_path: Path) -> None:
+    """Each macro may nest 100 deep; a chain of them must not build a value 100 times deeper."""
+    lines = [f"M{i} = " + "[" * 60 + f"%M{i + 1}" + "]" * 60 for i in range(50)]
+    path = tmp_path / "config.gin"
+    path.write_text("\n".join([*lines, "M50 = 1", "ReformerLM.d_model = %M0"]) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="nested more than 100 deep"):
+        read_gin(path)
+
+
+def test_a_huge_deeply_nested_gin_beside_a_checkpoint_is_refused_without_crashing(tmp_path: Path) -> None:
+    """7.6 MB of nested brackets once crashed the interpreter (SIGSEGV); now one line and exit 3."""
+    import subprocess
+    import sys
+
+    shutil.copy(TRAX_FIXTURES / "t141_local_axial" / "model.pkl", tmp_path / "model.pkl")
+    depth = 3_800_000
+    (tmp_path / "config.gin").write_text("ReformerLM.d_model = " + "(" * depth + ")" * depth + "\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "reformer_tools", "inspect", str(tmp_path / "model.pkl")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == ExitCode.UNREADABLE, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "brackets nested more than 100 deep" in result.stderr
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -1117,8 +1131,7 @@ def test_any_text_reads_or_raises_config_error(tmp_path: Path, text: str) -> Non
         assert message.startswith(str(path))
         assert "\n" not in message
     else:
-        assert gin.overrides["layer_norm_eps"] == 1e-6
-        assert all("\n" not in note for note in gin.notes)
+        assert all("\n" not in note for note in (*gin.notes, *gin.unrepresentable))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

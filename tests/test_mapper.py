@@ -122,6 +122,7 @@ def tiny(**overrides: Any) -> ReformerSpec:
         "axial_pos_shape": [2, 4],
         "axial_pos_embds_dim": [2, 4],
         "max_position_embeddings": 8,
+        "is_decoder": True,
     }
     return spec_from_dict({**config, **overrides})
 

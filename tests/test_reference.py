@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from reformer_tools import hf
-from reformer_tools.convert import run_conversion
+from reformer_tools.convert import write_conversion
 from reformer_tools.loader import as_float32, load_checkpoint
 from reformer_tools.numerics import (
     NumericsReport,
@@ -39,6 +39,7 @@ from reformer_tools.reference import (
     trax_hidden_states,
     trax_log_probs,
 )
+from reformer_tools.resolve import ResolvedConfig
 from reformer_tools.spec import ReformerSpec, load_spec, spec_from_dict
 from tests.conftest import TRAX_FIXTURES, fixture_checkpoints
 
@@ -59,7 +60,7 @@ def trax_output(fixture: Path) -> np.ndarray:
 
 
 def convert(checkpoint: Path, spec: ReformerSpec, out: Path) -> Path:
-    run_conversion(load_checkpoint(checkpoint), spec, out)
+    write_conversion(load_checkpoint(checkpoint), ResolvedConfig.given(spec), out)
     return out
 
 
@@ -139,7 +140,7 @@ def test_mixed_lsh_fixture_matches_hugging_face_with_shared_rotations(tmp_path: 
     leaves = float32_leaves(fixture / "model.pkl")
     out = convert(fixture / "model.pkl", spec, tmp_path / "hf")
     report = compare_numerics(leaves, spec, out, np.load(fixture / "input_ids.npy"), seed=3)
-    assert report.passed, report
+    assert report.ok, report
     assert report.complete
     assert report.layers_compared == 4
     assert report.max_abs_diff <= ATOL  # measured ~9e-7
@@ -295,7 +296,7 @@ def synthetic_report(spec: ReformerSpec, tmp_path: Path, *, seed: int = 0, miswi
 )
 def test_random_lsh_models_match_hugging_face(overrides: dict[str, Any], tmp_path: Path) -> None:
     report = synthetic_report(synthetic_spec(**overrides), tmp_path)
-    assert report.passed, report
+    assert report.ok, report
     assert report.complete
     assert report.max_abs_diff <= ATOL
     assert report.sequence_length > 8  # several LSH chunks, so hashing matters
@@ -316,7 +317,7 @@ def test_sequence_length_is_chosen_where_trax_and_hf_pick_the_same_bucket_count(
 
 def test_miswired_conversion_fails_the_comparison(tmp_path: Path) -> None:
     report = synthetic_report(synthetic_spec(), tmp_path, miswire=True)
-    assert not report.passed
+    assert not report.ok
     assert report.max_abs_diff > 100 * ATOL
 
 
@@ -326,11 +327,11 @@ def test_miswired_state_dict_fails_the_comparison(tmp_path: Path) -> None:
     spec = load_spec(fixture / "config.json")
     tensors = converted_tensors(convert(fixture / "model.pkl", spec, tmp_path / "hf"))
     leaves = float32_leaves(fixture / "model.pkl")
-    assert compare_numerics(leaves, spec, tensors).passed
+    assert compare_numerics(leaves, spec, tensors).ok
     key = "reformer.encoder.layers.1.attention.output.dense.weight"
     bad = {**tensors, key: tensors[key][::-1].copy()}  # rows reversed: same shape, wrong wiring
     report = compare_numerics(leaves, spec, bad)
-    assert not report.passed
+    assert not report.ok
     assert report.max_abs_diff > 100 * ATOL
 
 
@@ -345,7 +346,7 @@ def test_only_layers_before_the_first_lsh_layer_are_compared_when_buckets_cannot
         num_hashes=2,
     )
     report = synthetic_report(spec, tmp_path)
-    assert report.passed, report
+    assert report.ok, report
     assert not report.complete
     assert report.compared == "hidden_states"
     assert report.layers_compared == 1
@@ -366,7 +367,7 @@ def test_partial_comparison_still_catches_miswiring(tmp_path: Path) -> None:
     out = convert(write_checkpoint(written, tmp_path / "model.pkl.gz"), spec, tmp_path / "hf")
     report = compare_numerics(leaves, spec, out)
     assert not report.complete
-    assert not report.passed
+    assert not report.ok
 
 
 # ------------------------------------------------- the reference's attention alone

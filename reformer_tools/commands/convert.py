@@ -2,84 +2,65 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 
-from reformer_tools._console import emit_json, err, note, out, sanitize, stderr_is_terminal
-from reformer_tools.commands._options import (
-    EXIT_CODES_HELP,
-    checkpoint_argument,
-    config_option,
-    debug_option,
-    gin_option,
-    json_option,
-    max_decompressed_option,
-)
-from reformer_tools.convert import (
-    OUTPUT_DTYPES,
-    ConversionPlan,
-    ConversionResult,
-    ProgressCallback,
-    ProgressEvent,
-    convert_while_loading,
-    output_kind_for,
-    plan_conversion,
-    run_conversion,
-)
-from reformer_tools.errors import UsageError
-from reformer_tools.loader import TraxCheckpoint, load_checkpoint
-from reformer_tools.resolve import resolve_spec
-from reformer_tools.sizes import format_size, parse_size
-from reformer_tools.spec import load_spec
+from reformer_tools.commands._common import EXIT_CODES_HELP, CommonOptions, common_options, load, report_resolution
+
+if TYPE_CHECKING:
+    from reformer_tools.convert import Conversion, ConversionOptions, DryRun, ProgressCallback
+    from reformer_tools.resolve import ResolvedConfig
+
+OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _pick(name: str, new: Any, legacy: Any, legacy_name: str) -> Any:
     if new is not None and legacy is not None and new != legacy:
+        from reformer_tools.errors import UsageError
+
         raise UsageError(f"{name} and {legacy_name} disagree; give one of them")
     return new if new is not None else legacy
 
 
-@click.command(epilog=EXIT_CODES_HELP)
-@checkpoint_argument(required=False)
-@config_option
-@gin_option
+@click.command(epilog=EXIT_CODES_HELP, short_help="Convert a checkpoint for ReformerModelWithLMHead.")
+@common_options(checkpoint_required=False)
 @click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
     help="OUT.bin: torch state_dict; OUT.safetensors: one file; anything else: a model directory.",
 )
-@click.option("--force", is_flag=True, help="Replace OUT if it exists (only a previous conversion's directory).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace OUT if it exists: a file, or a directory holding only a previous conversion's files.",
+)
 @click.option("--dtype", type=click.Choice(OUTPUT_DTYPES), help="Cast the weights (default: keep the source dtype).")
 @click.option(
     "--max-shard-size", metavar="SIZE", help="Split model.safetensors into shards of at most SIZE (e.g. 2GB)."
 )
 @click.option("--dry-run", is_flag=True, help="Print the full plan and write nothing.")
-@json_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no notes on stderr.")
-@max_decompressed_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no notes on stderr (warnings still show).")
 @click.option("--trax_model_pkl_path", "legacy_checkpoint", type=click.Path(path_type=Path), help="Legacy: CKPT.")
 @click.option("--config_file", "legacy_config", type=click.Path(path_type=Path), help="Legacy: --config.")
-@click.option("--pytorch_dump_path", "legacy_output", type=click.Path(path_type=Path), help="Legacy: --output.")
-@debug_option
+@click.option(
+    "--pytorch_dump_path",
+    "legacy_output",
+    type=click.Path(path_type=Path),
+    help="Legacy: a torch.save state_dict file at this path, as the old script wrote.",
+)
 def convert(
-    checkpoint: Path | None,
-    config_path: Path | None,
-    gin_path: Path | None,
+    common: CommonOptions,
     output: Path | None,
     force: bool,
     dtype: str | None,
     max_shard_size: str | None,
     dry_run: bool,
-    as_json: bool,
     quiet: bool,
-    max_decompressed: int | None,
     legacy_checkpoint: Path | None,
     legacy_config: Path | None,
     legacy_output: Path | None,
@@ -89,66 +70,61 @@ def convert(
     The output is written all at once or not at all. A directory gets config.json
     and model.safetensors (sharded with an index when --max-shard-size is given)
     and loads with ReformerModelWithLMHead.from_pretrained(OUT). Without --config,
-    the config is inferred from the shapes and config.gin (see `inspect`).
+    the config comes from the shapes and config.gin (see `inspect`); every value
+    neither shows takes Trax's default for the checkpoint's release and is
+    reported as assumed (stderr, --json, and the output's config.json and
+    metadata); where Trax's releases disagree on a value, convert stops and names
+    it: give it with --set KEY=VALUE, --gin or --config.
 
     The flags of Hugging Face's old convert_reformer_trax_checkpoint_to_pytorch.py
-    (--trax_model_pkl_path, --config_file, --pytorch_dump_path) are accepted.
+    (--trax_model_pkl_path, --config_file, --pytorch_dump_path) are accepted and
+    write what it wrote: a torch.save state_dict at --pytorch_dump_path.
 
     \b
     Examples:
       reformer-tools convert model.pkl.gz --config config.json -o reformer-hf/
+      reformer-tools convert model.pkl.gz -o reformer-hf/ --set num_buckets=64
       reformer-tools convert model.pkl.gz --config config.json -o model.safetensors --dtype bfloat16
       reformer-tools convert model.pkl.gz -o reformer-hf/ --dry-run
     """
-    source = _pick("CKPT", checkpoint, legacy_checkpoint, "--trax_model_pkl_path")
-    config_path = _pick("--config", config_path, legacy_config, "--config_file")
-    output = _pick("--output", output, legacy_output, "--pytorch_dump_path")
+    from reformer_tools.convert import ConversionOptions, convert_checkpoint
+    from reformer_tools.errors import UsageError
+    from reformer_tools.resolve import ConfigSources
+    from reformer_tools.sizes import parse_size
+
+    source = _pick("CKPT", common.checkpoint, legacy_checkpoint, "--trax_model_pkl_path")
+    config_path = _pick("--config", common.config_path, legacy_config, "--config_file")
+    target = _pick("--output", output, legacy_output, "--pytorch_dump_path")
     if source is None:
         raise UsageError("missing the checkpoint: give CKPT (or --trax_model_pkl_path)")
-    if output is None:
+    if target is None:
         raise UsageError("missing the output: give -o OUT (or --pytorch_dump_path)")
-    shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
-    progress = _progress(enabled=not quiet and not as_json and not dry_run and stderr_is_terminal())
-    started = time.perf_counter()
-    if config_path is not None and not dry_run:
-        # The config is known before the checkpoint is read: convert while it loads.
-        spec = load_spec(config_path)
-        with progress as on_progress:
-            loaded, result = convert_while_loading(
-                source,
-                spec,
-                output,
-                dtype=dtype,
-                max_shard_size=shard_bytes,
-                force=force,
-                max_decompressed=max_decompressed,
-                on_progress=on_progress,
-            )
-        _show_result(loaded, result, time.perf_counter() - started, as_json, str(config_path))
-        return
-    loaded = load_checkpoint(source, max_decompressed=max_decompressed)
-    resolved = resolve_spec(loaded, config_path, gin_path, required=True)
-    assert resolved is not None
-    if not quiet:
-        for message in resolved.messages:
-            note(message)
-    if dry_run:
-        kind = output_kind_for(output)
-        loaded.leaves  # noqa: B018 - read side-file headers so the plan shows every path
-        conversion = plan_conversion(loaded, resolved.spec, kind, dtype=dtype)
-        _show_plan(loaded, output, conversion, as_json)
-        return
+    sources = ConfigSources(config_path, common.gin_path, common.settings)
+    progress = _progress(enabled=not quiet and not common.as_json and not dry_run and _stderr_is_terminal())
     with progress as on_progress:
-        result = run_conversion(
-            loaded,
-            resolved.spec,
-            output,
+        options = ConversionOptions(
             dtype=dtype,
-            max_shard_size=shard_bytes,
+            max_shard_size=parse_size(max_shard_size) if max_shard_size is not None else None,
             force=force,
+            max_decompressed=common.max_decompressed,
+            legacy_bin=legacy_output is not None and output is None,
             on_progress=on_progress,
         )
-    _show_result(loaded, result, time.perf_counter() - started, as_json, resolved.source)
+        if dry_run:
+            checkpoint = load(common, source)
+            resolved = sources.resolve(checkpoint)
+            report_resolution(resolved, quiet=quiet)
+            _dry_run(checkpoint, resolved, target, options, common.as_json)
+            return
+        conversion = convert_checkpoint(source, target, sources, options)
+    report_resolution(conversion.resolved, quiet=quiet)
+    _show_result(conversion, common.as_json)
+
+
+def _stderr_is_terminal() -> bool:
+    from reformer_tools._console import stderr_is_terminal
+
+    return stderr_is_terminal()
 
 
 @contextmanager
@@ -157,6 +133,9 @@ def _progress(*, enabled: bool) -> Iterator[ProgressCallback | None]:
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from reformer_tools._console import err, sanitize
+    from reformer_tools.sizes import format_size
 
     with Progress(
         TextColumn("{task.description}"),
@@ -169,7 +148,7 @@ def _progress(*, enabled: bool) -> Iterator[ProgressCallback | None]:
     ) as progress:
         task = progress.add_task("converting", total=None, written="")
 
-        def update(event: ProgressEvent) -> None:
+        def update(event: Any) -> None:
             progress.update(
                 task,
                 total=event.tensors_total,
@@ -181,67 +160,68 @@ def _progress(*, enabled: bool) -> Iterator[ProgressCallback | None]:
         yield update
 
 
-def _show_plan(checkpoint: TraxCheckpoint, output: Path, conversion: ConversionPlan, as_json: bool) -> None:
+def _dry_run(
+    checkpoint: Any, resolved: ResolvedConfig, output: Path, options: ConversionOptions, as_json: bool
+) -> None:
+    from reformer_tools.convert import dry_run
+
+    planned = dry_run(checkpoint, resolved, output, options)
     if as_json:
-        emit_json(
-            {
-                "dry_run": True,
-                "source": str(checkpoint.path),
-                "format": checkpoint.format.value,
-                "output": str(output),
-                "kind": conversion.kind.value,
-                "tensors": [
-                    {
-                        "hf_key": t.hf_key,
-                        "trax_path": t.trax_path,
-                        "transform": t.transform,
-                        "source_shape": list(t.source_shapes[0]),
-                        "target_shape": list(t.target_shape),
-                        "dtype": t.dtype,
-                        "bytes": t.nbytes,
-                    }
-                    for t in conversion.tensors
-                ],
-                "total_bytes": conversion.total_bytes,
-            }
-        )
-        return
+        from reformer_tools._console import emit_json
+
+        emit_json(planned.to_json(checkpoint, resolved, output))
+    else:
+        _show_plan(planned, output)
+    if planned.refusal is not None:
+        raise click.exceptions.Exit(int(planned.refusal.exit_code))
+
+
+def _show_plan(planned: DryRun, output: Path) -> None:
+    from rich.table import Table
+
+    from reformer_tools._console import out, sanitize
+    from reformer_tools.sizes import format_size
+
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("Trax path", "Hugging Face key", "transform", "shape", "dtype", "bytes"):
-        table.add_column(column, overflow="fold", justify="right" if column == "bytes" else "left")
-    for t in conversion.tensors:
+        wide = column in ("Trax path", "Hugging Face key")
+        table.add_column(
+            column,
+            no_wrap=wide,
+            overflow="ignore" if wide else "fold",
+            justify="right" if column == "bytes" else "left",
+        )
+    plan = planned.plan
+    for t in plan.tensors:
         shapes = f"{tuple(t.source_shapes[0])} -> {tuple(t.target_shape)}"
         table.add_row(
             sanitize(t.trax_path or "?"), t.hf_key, t.transform, shapes, t.dtype or "?", format_size(t.nbytes)
         )
-    out.print(table)
-    out.print(
-        f"[bold]dry run:[/] {len(conversion.tensors)} tensors, {format_size(conversion.total_bytes)} "
-        f"would be written to {sanitize(str(output))} ({conversion.kind.value}); nothing was written"
-    )
-
-
-def _show_result(
-    checkpoint: TraxCheckpoint, result: ConversionResult, seconds: float, as_json: bool, config_source: str
-) -> None:
-    if as_json:
-        emit_json(
-            {
-                "source": str(checkpoint.path),
-                "format": checkpoint.format.value,
-                "config_source": config_source,
-                "output": str(result.output),
-                "kind": result.kind.value,
-                "files": [{"name": name, "bytes": size} for name, size in result.files],
-                "tensors": result.tensors,
-                "seconds": round(seconds, 3),
-                "sha256": checkpoint.digests(),
-            }
+    out.print(table, crop=False)
+    files = ", ".join(f"{name} ({format_size(size)})" for name, size in planned.files)
+    where = f"{sanitize(str(output))} ({plan.kind.value})"
+    if planned.refusal is not None:
+        out.print(
+            f"[bold]dry run:[/] {len(plan.tensors)} tensors; [red]the real run would refuse[/]: "
+            f"{sanitize(str(planned.refusal))}"
         )
+    else:
+        out.print(
+            f"[bold]dry run:[/] {len(plan.tensors)} tensors would be written to {where}: {files}; nothing was written"
+        )
+
+
+def _show_result(conversion: Conversion, as_json: bool) -> None:
+    from reformer_tools._console import emit_json, out, sanitize
+    from reformer_tools.sizes import format_size
+
+    if as_json:
+        emit_json(conversion.to_json())
         return
+    result = conversion.result
     out.print(
-        f"[bold green]converted[/] {sanitize(str(checkpoint.path))} -> {sanitize(str(result.output))} "
-        f"({result.kind.value}): {result.tensors} tensors in {seconds:.2f} s"
+        f"[bold green]converted[/] {sanitize(str(conversion.checkpoint.path))} -> {sanitize(str(result.output))} "
+        f"({result.kind.value}): {result.tensors} tensors in {conversion.seconds:.2f} s"
     )
-    for name, size in result.files:
-        out.print(f"  {sanitize(name)}  {format_size(size)}")
+    for file in result.files:
+        out.print(f"  {sanitize(file.name)}  {format_size(file.bytes)}  sha256 {file.sha256[:16]}…")

@@ -3,59 +3,42 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
-import numpy.typing as npt
-from rich.table import Table
 
-from reformer_tools._console import emit_json, note, out, sanitize
-from reformer_tools.commands._options import (
-    EXIT_CODES_HELP,
-    checkpoint_argument,
-    config_option,
-    debug_option,
-    gin_option,
-    json_option,
-    max_decompressed_option,
-)
-from reformer_tools.converted import open_converted
-from reformer_tools.errors import ExitCode, UsageError
-from reformer_tools.loader import Leaf, as_float32, load_checkpoint
-from reformer_tools.resolve import resolve_spec
-from reformer_tools.verification import VerifyReport, verify_checkpoint, verify_numerics
+from reformer_tools.commands._common import EXIT_CODES_HELP, CommonOptions, common_options, load, resolve
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from reformer_tools.verification import VerifyReport
 
 
-@click.command(epilog=EXIT_CODES_HELP)
-@checkpoint_argument()
+@click.command(epilog=EXIT_CODES_HELP, short_help="Check a checkpoint against its config, and an output against both.")
+@common_options()
 @click.argument("converted", required=False, type=click.Path(path_type=Path, exists=False), metavar="[CONVERTED]")
-@config_option
-@gin_option
 @click.option(
     "--numerics", is_flag=True, help="Also run the converted model against a NumPy reference of Trax's forward pass."
 )
-@click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="--numerics tolerance.")
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    help="--numerics tolerance on log-probabilities (default: set by the converted weights' dtype; reported).",
+)
 @click.option(
     "--input-ids",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="--numerics: a .npy of token ids (batch, length), as Trax would be fed (default: random, seeded).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="--numerics: seed for the ids and LSH hashing.")
-@json_option
-@max_decompressed_option
-@debug_option
+@click.option("--seed", type=int, help="--numerics: seed for the ids and LSH hashing (default: fixed, reported).")
 def verify(
-    checkpoint: Path,
+    common: CommonOptions,
     converted: Path | None,
-    config_path: Path | None,
-    gin_path: Path | None,
     numerics: bool,
-    atol: float,
+    atol: float | None,
     input_ids: Path | None,
-    seed: int,
-    as_json: bool,
-    max_decompressed: int | None,
+    seed: int | None,
 ) -> None:
     """Check a checkpoint against its config, and a converted model against both.
 
@@ -71,8 +54,10 @@ def verify(
     tensors in memory) runs as ReformerModelWithLMHead on a fixed batch of
     tokens, beside an independent NumPy implementation of Trax's ReformerLM
     that reads the checkpoint's arrays directly; log-probabilities must agree
-    within --atol at every position. LSH layers hash with the rotations
-    Hugging Face draws for a fixed hash_seed, fed to both sides.
+    within --atol at every position. That proves the conversion computes what
+    Trax computes *for this config*: values the config only assumed (reported)
+    cannot be proved by any check on the weights. LSH layers hash with the
+    rotations Hugging Face draws for a fixed hash_seed, fed to both sides.
 
     \b
     Examples:
@@ -81,60 +66,75 @@ def verify(
       reformer-tools verify model.pkl.gz --config config.json --json
       reformer-tools verify model.pkl.gz reformer-hf/ --numerics
     """
-    loaded = load_checkpoint(checkpoint, max_decompressed=max_decompressed)
+    from reformer_tools.converted import open_converted
+    from reformer_tools.loader import as_float32
+    from reformer_tools.verification import verify_checkpoint, verify_numerics
+
+    assert common.checkpoint is not None
+    ids = _read_input_ids(input_ids) if input_ids is not None else None
+    checkpoint = load(common, common.checkpoint)
     output = open_converted(converted) if converted is not None else None
-    if config_path is None and output is not None and output.config is not None:
+    if common.config_path is None and output is not None and output.config is not None:
         # The converted model runs with its own config.json: verify against exactly that.
-        config_path = output.path / "config.json"
-    resolved = resolve_spec(loaded, config_path, gin_path, required=True)
+        from dataclasses import replace
+
+        common = replace(common, config_path=output.path / "config.json")
+    resolved = resolve(common, checkpoint, complete=numerics)
     assert resolved is not None
-    for message in resolved.messages:
-        note(message)
-    float32_leaves: list[npt.NDArray[np.float32]] = []
-
-    def keep_float32(leaf: Leaf, array: npt.NDArray[Any]) -> None:
-        float32_leaves.append(as_float32(array, leaf.dtype))
-
+    if ids is not None and input_ids is not None:
+        _check_ids(input_ids, ids, resolved.spec)
+    float32_leaves: list[Any] = []
     report = verify_checkpoint(
-        loaded, resolved.spec, resolved.source, output, on_array=keep_float32 if numerics else None
+        checkpoint,
+        resolved,
+        output,
+        on_array=(lambda leaf, array: float32_leaves.append(as_float32(array, leaf.dtype))) if numerics else None,
     )
     if numerics:
-        ids = _read_input_ids(input_ids) if input_ids is not None else None
-        verify_numerics(report, float32_leaves, resolved.spec, converted, ids, atol=atol, seed=seed)
-    if as_json:
+        verify_numerics(report, float32_leaves, converted, ids, atol=atol, seed=seed)
+    if common.as_json:
+        from reformer_tools._console import emit_json
+
         emit_json(report.to_json())
     else:
         _render(report)
     if not report.ok:
+        from reformer_tools.errors import ExitCode
+
         raise click.exceptions.Exit(int(ExitCode.VERIFICATION_FAILED))
 
 
 def _read_input_ids(path: Path) -> npt.NDArray[Any]:
+    import numpy as np
+
+    from reformer_tools.errors import UsageError
+
     try:
         ids: npt.NDArray[Any] = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{path}: not a .npy array of token ids ({error})") from None
+    except (OSError, ValueError, EOFError):
+        raise UsageError(f"{path}: --input-ids must be a .npy file of integer token ids") from None
+    if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu" or ids.ndim not in (1, 2) or ids.size == 0:
+        shown = f"{ids.dtype} {list(ids.shape)}" if isinstance(ids, np.ndarray) else type(ids).__name__
+        raise UsageError(f"{path}: --input-ids must hold a non-empty (batch, length) integer array, not {shown}")
     return ids
 
 
+def _check_ids(path: Path, ids: npt.NDArray[Any], spec: Any) -> None:
+    from reformer_tools.errors import UsageError
+    from reformer_tools.numerics import check_input_ids
+
+    try:
+        check_input_ids(spec, ids)
+    except UsageError as error:
+        raise UsageError(f"{path}: {error}") from None
+
+
 def _render(report: VerifyReport) -> None:
+    from reformer_tools._console import out, render_problems, sanitize
+
     alignment = report.alignment
     out.print(f"[bold]{sanitize(report.checkpoint)}[/] against {sanitize(report.config_source)}")
-    if alignment.mismatches or alignment.missing or alignment.unused:
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("problem", "Hugging Face key", "Trax path", "expected", "actual"):
-            table.add_column(column, overflow="fold")
-        for m in alignment.mismatches:
-            table.add_row("[red]shape[/]", m.hf_key, sanitize(m.trax_path), str(m.expected), str(m.actual))
-        for slot in alignment.missing:
-            table.add_row("[red]missing[/]", slot.hf_key, "-", str(slot.source_shape), "-")
-        for leaf in alignment.unused:
-            table.add_row("[red]unused[/]", "-", sanitize(leaf.path), "-", str(leaf.shape))
-        out.print(table)
-    for problem in alignment.problems:
-        out.print(f"[bold red]unsupported:[/] {sanitize(problem)}")
-    for text in alignment.notes:
-        out.print(f"note: {sanitize(text)}")
+    render_problems(alignment)
     _render_audits(report)
     if report.converted is not None:
         _render_converted(report)
@@ -153,12 +153,14 @@ def _render(report: VerifyReport) -> None:
             f"{len(alignment.unused)} unused, {len(alignment.problems)} unsupported, "
             f"{len(report.failed_audits)} unhealthy arrays"
             + ("" if report.converted is None or report.converted.ok else ", converted output differs")
-            + ("" if report.numerics is None or report.numerics.passed else ", numerics differ")
+            + ("" if report.numerics is None or report.numerics.ok else ", numerics differ")
             + ("" if report.numerics_skipped is None else ", numerics not run")
         )
 
 
 def _render_audits(report: VerifyReport) -> None:
+    from reformer_tools._console import out, sanitize
+
     dtypes = sorted({audit.dtype for audit in report.audits})
     out.print(f"arrays: {len(report.audits)}, dtype {', '.join(dtypes)}")
     for audit in report.audits:
@@ -171,6 +173,8 @@ def _render_audits(report: VerifyReport) -> None:
 
 
 def _render_converted(report: VerifyReport) -> None:
+    from reformer_tools._console import out, sanitize
+
     converted = report.converted
     assert converted is not None
     equal = sum(c.status == "equal" for c in converted.comparisons)
@@ -191,6 +195,8 @@ def _render_converted(report: VerifyReport) -> None:
 
 
 def _render_numerics(report: VerifyReport) -> None:
+    from reformer_tools._console import out, sanitize
+
     if report.numerics_skipped is not None:
         out.print(f"[red]numerics not run[/]: {report.numerics_skipped}")
         return
@@ -198,12 +204,14 @@ def _render_numerics(report: VerifyReport) -> None:
     if numerics is None:
         return
     what = "log-probabilities" if numerics.complete else f"hidden states entering layer {numerics.layers_compared}"
-    verdict = "[green]agree[/]" if numerics.passed else "[red]differ[/]"
+    verdict = "[green]agree[/]" if numerics.ok else "[red]differ[/]"
     out.print(
         f"numerics: {what} {verdict} on {numerics.batch_size} x {numerics.sequence_length} tokens: "
-        f"max abs diff {numerics.max_abs_diff:.3g} (tolerance {numerics.atol:g}) at position "
-        f"{numerics.worst_position}, max rel diff {numerics.max_rel_diff:.3g}"
+        f"max abs diff {numerics.max_abs_diff:.3g} (tolerance {numerics.atol:g} for {numerics.weights_dtype} "
+        f"weights) at position {numerics.worst_position}, max rel diff {numerics.max_rel_diff:.3g}"
     )
     out.print(f"  {sanitize(numerics.lsh)}")
     for text in numerics.notes:
         out.print(f"  note: {sanitize(text)}")
+    if numerics.ok:
+        out.print(f"  proved: {sanitize(numerics.proved)}")
