@@ -1,0 +1,354 @@
+"""Trax's text encoders, written independently, and a check of a written tokenizer against them."""
+
+from __future__ import annotations
+
+import bisect
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from reformer_tools._unicode13 import ALNUM_RANGES
+from reformer_tools.errors import VocabularyError
+from reformer_tools.untrusted import printable
+from reformer_tools.vocab import Vocabulary
+
+SAMPLE_TEXTS: Final[tuple[str, ...]] = (
+    "",
+    " ",
+    "Hello world.",
+    "  leading and trailing  ",
+    "multiple   spaces",
+    "tab\tseparated\tvalues",
+    "line one\nline two\n",
+    "windows\r\nline ends",
+    "snake_case_words __dunder__ _",
+    "back\\slash \\\\ \\u \\10; C:\\path",
+    "digits 0123456789, 3.14159 and 1,000,000",
+    "café naïve résumé cafe\u0301 Straße ΟΔΟΣ İstanbul",
+    "Привет, мир! Съешь же ещё этих булок",
+    "中文测试 日本語 한국어",
+    "emoji 😀 👍🏽 👨\u200d👩\u200d👧 🇫🇷 ❤️ 🫠",
+    "<pad> <EOS> [UNK] [CLS] <unk> </s>",
+    "non\u00a0breaking\u3000space zero\u200bwidth",
+    "control \x00\x7f\x0b and private \ue000 and \ufffd",
+    "fullwidth ＡＢＣ１２３ ﬁ ½ Ⅻ",
+    "The quick brown fox jumps over the lazy dog.",
+)
+
+_STARTS: Final = [first for first, _ in ALNUM_RANGES]
+
+
+@lru_cache(maxsize=65536)
+def is_alnum(ch: str) -> bool:
+    """A letter or number (Unicode category L* or N*) as tensor2tensor's tokenizer saw it (Unicode 13.0)."""
+    code = ord(ch)
+    index = bisect.bisect_right(_STARTS, code) - 1
+    return index >= 0 and code <= ALNUM_RANGES[index][1]
+
+
+class TextEncoder(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class ByteEncoder:
+    """``ByteTextEncoder(num_reserved_ids=0)`` behind ``Tokenize(n_reserved_ids=...)``."""
+
+    def __init__(self, reserved_ids: int) -> None:
+        self.reserved_ids = reserved_ids
+
+    def encode(self, text: str) -> list[int]:
+        return [byte + self.reserved_ids for byte in text.encode("utf-8")]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        values = [i - self.reserved_ids for i in ids]
+        for value in values:
+            if not 0 <= value < 256:
+                # Trax packs each id as one byte: reserved ids and ids past the bytes raise.
+                raise ValueError(f"id {value + self.reserved_ids} is not a byte")
+        return bytes(values).decode("utf-8", "replace")
+
+
+def split_words(text: str) -> list[str]:
+    """tensor2tensor's tokenizer: runs of letters/numbers and of everything else; a single space between
+    two runs of letters/numbers is dropped (the words imply it)."""
+    if not text:
+        return []
+    words: list[str] = []
+    start = 0
+    for pos in range(1, len(text)):
+        if is_alnum(text[pos]) != is_alnum(text[pos - 1]):
+            word = text[start:pos]
+            if word != " " or start == 0:
+                words.append(word)
+            start = pos
+    words.append(text[start:])
+    return words
+
+
+def join_words(words: Sequence[str]) -> str:
+    out: list[str] = []
+    for i, word in enumerate(words):
+        if i and is_alnum(words[i - 1][0]) and is_alnum(word[0]):
+            out.append(" ")
+        out.append(word)
+    return "".join(out)
+
+
+_UNESCAPE: Final = re.compile(r"\\u|\\\\|\\([0-9]+);")
+
+
+def _unescape_match(match: re.Match[str]) -> str:
+    if match.group(1) is None:
+        return "_" if match.group(0) == "\\u" else "\\"
+    try:
+        return chr(int(match.group(1)))
+    except (ValueError, OverflowError):
+        return "\u3013"  # tensor2tensor's "undefined character"
+
+
+class SubwordEncoder:
+    """tensor2tensor's ``SubwordTextEncoder`` read from a vocab file, as Trax uses it."""
+
+    def __init__(self, tokens: Sequence[str], reserved_ids: int = 0) -> None:
+        self.tokens = tuple(tokens)
+        self.reserved_ids = reserved_ids
+        self.ids = {token: i for i, token in enumerate(self.tokens) if token}
+        self.max_len = max(len(token) for token in self.tokens)
+        self.alphabet = frozenset("".join(self.tokens)) | frozenset("\\_u;0123456789")
+
+    def escape(self, word: str) -> str:
+        word = word.replace("\\", "\\\\").replace("_", "\\u")
+        return "".join(c if c in self.alphabet and c != "\n" else f"\\{ord(c)};" for c in word) + "_"
+
+    def _word_ids(self, escaped: str) -> list[int]:
+        out = []
+        start = 0
+        while start < len(escaped):
+            for end in range(min(len(escaped), start + self.max_len), start, -1):
+                index = self.ids.get(escaped[start:end])
+                if index is not None:
+                    out.append(index + self.reserved_ids)
+                    start = end
+                    break
+            else:
+                # Trax asserts here: a character of the alphabet that is no subtoken of its own.
+                raise ValueError(f"cannot encode {printable(escaped[start:])!r} with this vocabulary")
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for word in split_words(text):
+            ids.extend(self._word_ids(self.escape(word)))
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        pieces = []
+        for i in ids:
+            index = i - self.reserved_ids
+            pieces.append(self.tokens[index] if 0 <= index < len(self.tokens) else "")
+        words = [_UNESCAPE.sub(_unescape_match, part) for part in "".join(pieces).split("_") if part]
+        return join_words(words)
+
+
+# --- BERT, as trax.data.text_encoder.BertEncoder tokenizes -------------------------------------------
+
+
+def _bert_punctuation(ch: str) -> bool:
+    code = ord(ch)
+    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+_CJK: Final = (
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
+)
+
+
+def _is_cjk(ch: str) -> bool:
+    code = ord(ch)
+    return any(first <= code <= last for first, last in _CJK)
+
+
+class BertEncoder:
+    """WordPiece over BERT's basic tokenizer (clean, CJK spacing, optional lowercase + accent strip)."""
+
+    def __init__(self, tokens: Sequence[str], lowercase: bool, reserved_ids: int = 0) -> None:
+        self.vocab = {token: i for i, token in enumerate(tokens)}
+        self.inverse = dict(enumerate(tokens))
+        self.lowercase = lowercase
+        self.reserved_ids = reserved_ids
+
+    def words(self, text: str) -> list[str]:
+        cleaned = []
+        for ch in text:
+            if ch in "\t\n\r " or unicodedata.category(ch) == "Zs":
+                cleaned.append(" ")
+            elif ch in "\x00\ufffd" or unicodedata.category(ch) in ("Cc", "Cf"):
+                continue
+            elif _is_cjk(ch):
+                cleaned.append(f" {ch} ")
+            else:
+                cleaned.append(ch)
+        out: list[str] = []
+        for word in "".join(cleaned).split():
+            if self.lowercase:
+                word = unicodedata.normalize("NFD", word.lower())
+                word = "".join(c for c in word if unicodedata.category(c) != "Mn")
+            current = ""
+            for ch in word:
+                if _bert_punctuation(ch):
+                    if current:
+                        out.append(current)
+                    out.append(ch)
+                    current = ""
+                else:
+                    current += ch
+            if current:
+                out.append(current)
+        return " ".join(out).split()
+
+    def pieces(self, word: str) -> list[str]:
+        if len(word) > 200:
+            return ["[UNK]"]
+        out = []
+        start = 0
+        while start < len(word):
+            for end in range(len(word), start, -1):
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self.vocab:
+                    out.append(piece)
+                    start = end
+                    break
+            else:
+                return ["[UNK]"]
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        return [self.vocab[piece] + self.reserved_ids for word in self.words(text) for piece in self.pieces(word)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        tokens = [self.inverse[i - self.reserved_ids] for i in ids]  # KeyError as in Trax
+        if not tokens:
+            return ""
+        out = [tokens[0]]
+        for token in tokens[1:]:
+            out.append(token.lstrip("#") if token.startswith("##") else " " + token)
+        return "".join(out)
+
+
+class SentencePieceEncoder:
+    """Google's sentencepiece library, as t5's ``SentencePieceVocabulary`` (what Trax calls) uses it."""
+
+    def __init__(self, model: bytes, reserved_ids: int = 0) -> None:
+        try:
+            import sentencepiece  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        except ImportError:
+            raise VocabularyError(
+                "checking a SentencePiece tokenizer needs the sentencepiece package (pip install sentencepiece)"
+            ) from None
+        self.processor: Any = sentencepiece.SentencePieceProcessor()
+        self.processor.LoadFromSerializedProto(model)
+        self.reserved_ids = reserved_ids
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) + self.reserved_ids for i in self.processor.EncodeAsIds(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        size = self.processor.GetPieceSize()
+        unk = self.processor.unk_id()
+        eos = self.processor.eos_id()
+        clean = [unk if i - self.reserved_ids >= size else i - self.reserved_ids for i in ids]
+        if eos >= 0 and eos in clean:
+            clean = clean[: clean.index(eos) + 1]  # t5 decodes up to the first EOS
+        return str(self.processor.DecodeIds(clean))
+
+
+def trax_encoder(vocab: Vocabulary) -> TextEncoder:
+    """The independent encoder for ``vocab``."""
+    if vocab.type == "char":
+        return ByteEncoder(vocab.reserved_ids)
+    if vocab.type == "subword":
+        return SubwordEncoder(vocab.tokens, vocab.reserved_ids)
+    if vocab.type == "sentencepiece":
+        return SentencePieceEncoder(vocab.data, vocab.reserved_ids)
+    return BertEncoder(vocab.tokens, lowercase=vocab.type == "bert-lowercase", reserved_ids=vocab.reserved_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizerCheck:
+    """How a written tokenizer compares with Trax's encoder (independent implementation) on some texts."""
+
+    vocab_type: str
+    texts: int
+    ids_equal: int
+    decodings_equal: int
+    first_id_mismatch: str | None = None
+    first_decoding_mismatch: str | None = None
+    expected_ids: tuple[int, ...] | None = None
+    actual_ids: tuple[int, ...] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.ids_equal == self.texts and self.decodings_equal == self.texts
+
+    def to_json(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["ok"] = self.ok
+        for key in ("expected_ids", "actual_ids"):
+            if payload[key] is not None:
+                payload[key] = list(payload[key])
+        return payload
+
+
+def check_tokenizer(directory: Path, vocab: Vocabulary, texts: Sequence[str] = SAMPLE_TEXTS) -> TokenizerCheck:
+    """Load ``directory`` with ``transformers.AutoTokenizer`` and compare ids (no special tokens) and decoding
+    of those ids with Trax's encoder on every text."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    encoder = trax_encoder(vocab)
+    ids_equal = decodings_equal = 0
+    first_ids: str | None = None
+    first_decoding: str | None = None
+    expected_ids: tuple[int, ...] | None = None
+    actual_ids: tuple[int, ...] | None = None
+    for text in texts:
+        expected = encoder.encode(text)
+        actual = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if actual == expected:
+            ids_equal += 1
+        elif first_ids is None:
+            first_ids, expected_ids, actual_ids = text, tuple(expected), tuple(actual)
+        try:
+            want: str | None = encoder.decode(expected)
+        except (ValueError, KeyError):
+            want = None  # Trax cannot decode these ids itself
+        got = tokenizer.decode(expected, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if want is None or got == want:
+            decodings_equal += 1
+        elif first_decoding is None:
+            first_decoding = text
+    return TokenizerCheck(
+        vocab_type=vocab.type,
+        texts=len(texts),
+        ids_equal=ids_equal,
+        decodings_equal=decodings_equal,
+        first_id_mismatch=first_ids,
+        first_decoding_mismatch=first_decoding,
+        expected_ids=expected_ids,
+        actual_ids=actual_ids,
+    )
