@@ -21,8 +21,16 @@ if TYPE_CHECKING:
 # click's CliRunner capture both streams.
 # Piped output is not wrapped at 80 columns: tables of long keys stay one row each.
 _PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
-out = Console(highlight=False, soft_wrap=False, width=_PIPE_WIDTH)
-err = Console(stderr=True, highlight=False)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich would exit with 1 ("verification failed" here); the command line says how the run ended.
+        raise BrokenPipeError
+
+
+out = _Console(highlight=False, soft_wrap=False, width=_PIPE_WIDTH)
+err = _Console(stderr=True, highlight=False)
 
 
 def sanitize(text: str, limit: int = 300) -> str:

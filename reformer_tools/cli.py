@@ -23,7 +23,9 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a reader that went away shows here, not at exit
+            return result
         except ReformerToolsError as failure:
             _fail(ctx, str(failure), failure.exit_code, failure)
         except KeyboardInterrupt:

@@ -151,9 +151,27 @@ class DryRun:
         }
 
 
+#: The leaf index of tensors no leaf feeds (Trax computes them: sin-cos positions); they come first.
+COMPUTED: Final = -1
+
+
+def _computed_tensors(spec: ReformerSpec, dtype: str | None) -> list[PlannedTensor]:
+    return [
+        PlannedTensor(
+            key, COMPUTED, "(computed)", slot.source_shapes, slot.transform.name, slot.target_shape, dtype or "float32"
+        )
+        for slot in expected_slots(spec).computed
+        for key in slot.hf_keys
+    ]
+
+
+def _computed_arrays(spec: ReformerSpec) -> dict[str, Array]:
+    return {key: slot.computed_value(spec) for slot in expected_slots(spec).computed for key in slot.hf_keys}
+
+
 def plan_from_config(spec: ReformerSpec, dtype: str | None) -> tuple[PlannedTensor, ...]:
     """The plan before any array is seen: leaf i fills slot i; shapes are checked as arrays arrive."""
-    return tuple(
+    return tuple(_computed_tensors(spec, dtype)) + tuple(
         PlannedTensor(key, i, None, slot.source_shapes, slot.transform.name, slot.target_shape, dtype)
         for i, slot in enumerate(expected_slots(spec).slots)
         for key in slot.hf_keys
@@ -182,7 +200,7 @@ def plan_conversion(
     if streaming:
         return ConversionPlan(kind, plan_from_config(spec, dtype), streaming=True)
     checked = plan(spec, checkpoint.leaves, source=str(checkpoint.path))
-    tensors = [
+    tensors = _computed_tensors(spec, dtype) + [
         PlannedTensor(
             key,
             a.leaf.index,
@@ -337,6 +355,7 @@ def _stream_tensors(
 ) -> Iterator[tuple[PlannedTensor, Array, str]]:
     """Yield (planned tensor, storage array, dtype) in plan order, one leaf at a time."""
     by_leaf = conversion.by_leaf()
+    yield from _computed(spec, by_leaf.pop(COMPUTED, []), dtype)
     seen = 0
     for leaf, array in checkpoint.iter_arrays(release=True):
         seen += 1
@@ -353,6 +372,16 @@ def _stream_tensors(
         del transformed
     if seen != len(by_leaf):
         raise _stream_mismatch(checkpoint, spec, None)
+
+
+def _computed(
+    spec: ReformerSpec, planned: list[PlannedTensor], dtype: str | None
+) -> Iterator[tuple[PlannedTensor, Array, str]]:
+    """The tensors Trax computes rather than stores, as float32 or the requested dtype."""
+    arrays = _computed_arrays(spec) if planned else {}
+    for tensor in planned:
+        out_dtype = _out_dtype("float32", dtype)
+        yield replace(tensor, dtype=out_dtype), cast(arrays[tensor.hf_key], "float32", out_dtype), out_dtype
 
 
 def _stream_mismatch(checkpoint: TraxCheckpoint, spec: ReformerSpec, leaf: Leaf | None) -> Exception:
@@ -392,7 +421,7 @@ def write_conversion(
                 names = [output.name]
             else:
                 names = _write_safetensors(
-                    lambda: resolved,
+                    lambda: (checkpoint, resolved),
                     conversion,
                     target,
                     reported,
@@ -478,7 +507,7 @@ def _metadata(checkpoint: TraxCheckpoint, resolved: ResolvedConfig, final: bool)
 
 
 def _write_safetensors(
-    resolved: Callable[[], ResolvedConfig],
+    resolved: Callable[[], tuple[TraxCheckpoint, ResolvedConfig]],
     conversion: ConversionPlan,
     target: AtomicOutput,
     tensors: Iterator[tuple[str, Array, str]],
@@ -509,16 +538,27 @@ def _write_safetensors(
             total = sum(w.bytes_written for w in writers)
             target.open("model.safetensors.index.json").write(index_json(shards, names, total))
             names.append("model.safetensors.index.json")
-        target.open("config.json").write(_config_json(resolved(), written_dtypes))
-        names.append("config.json")
+        checkpoint, config = resolved()
+        single = written_dtypes.pop() if len(written_dtypes) == 1 else None
+        names += _write_model_files(target, checkpoint, config, single)
     return names
 
 
-def _config_json(resolved: ResolvedConfig, dtypes: set[str]) -> bytes:
-    config = resolved.config_dict()
-    if len(dtypes) == 1:
-        config["torch_dtype"] = dtypes.pop()
-    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+def _write_model_files(
+    target: AtomicOutput, checkpoint: TraxCheckpoint, resolved: ResolvedConfig, dtype: str | None
+) -> list[str]:
+    """config.json, generation_config.json, the tokenizer and the model card beside the weights."""
+    from reformer_tools import model_files
+
+    files = {
+        "config.json": model_files.config_json(resolved, dtype),
+        "generation_config.json": model_files.generation_config_json(resolved),
+        **model_files.tokenizer_files(resolved),
+        "README.md": model_files.model_card(checkpoint, resolved, dtype=dtype),
+    }
+    for name, data in files.items():
+        target.open(name).write(data)
+    return list(files)
 
 
 # ------------------------------------------------------- convert while loading
@@ -559,10 +599,11 @@ class _BackgroundLoad:
 
 
 def _tensors_as_built(
-    load: _BackgroundLoad, conversion: ConversionPlan, dtype: str | None, scratch: _Scratch
+    load: _BackgroundLoad, spec: ReformerSpec, conversion: ConversionPlan, dtype: str | None, scratch: _Scratch
 ) -> Iterator[tuple[PlannedTensor, Array, str]]:
     """Transform arrays as the pickle builds them; at the end, prove they were the weights."""
     by_leaf = conversion.by_leaf()
+    yield from _computed(spec, by_leaf.pop(COMPUTED, []), dtype)
     used: list[Array] = []
     for index in range(len(by_leaf)):
         planned = by_leaf[index]
@@ -644,9 +685,9 @@ def convert_checkpoint(
             output, directory=kind is OutputKind.DIRECTORY, force=options.force, protected=protected
         ) as target:
             # Written as soon as transformed, in this thread: one scratch buffer is enough.
-            tensors = _tensors_as_built(load, conversion, options.dtype, _scratch_for(conversion, 1))
+            tensors = _tensors_as_built(load, early.spec, conversion, options.dtype, _scratch_for(conversion, 1))
             names = _write_safetensors(
-                finish,
+                lambda: (load.result(), finish()),
                 conversion,
                 target,
                 _reporting(tensors, conversion, options.on_progress),

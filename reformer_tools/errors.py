@@ -37,6 +37,10 @@ class UnsupportedLayoutError(ReformerToolsError):
     exit_code = ExitCode.UNREADABLE
 
 
+class WeightlessPositionsError(UnsupportedLayoutError):
+    """Positions Trax computes without weights (sin-cos, ...), not named: no command guesses which."""
+
+
 class UnsafeCheckpointError(ReformerToolsError):
     """The pickle asks for something outside the allow-list; nothing of it ran."""
 

@@ -13,7 +13,7 @@ import re
 import reprlib
 import tokenize
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,7 +37,7 @@ _LM_DEFAULTS: Final[dict[str, int]] = {"max_len": 2048, "d_attention_key": 64, "
 #: Trax activation layers with an exact Hugging Face ACT2FN equivalent.
 ACTIVATIONS: Final[dict[str, str]] = {
     "Relu": "relu",
-    "FastGelu": "gelu_new",  # 0.5x(1 + tanh(0.7978845608(x + 0.044715x³))): HF's gelu_new
+    "FastGelu": "gelu_fast",  # 0.5x(1 + tanh(0.7978845608x(1 + 0.044715x²))): HF's gelu_fast, term for term
     "Gelu": "gelu",  # exact, erf-based
     "Sigmoid": "sigmoid",
     "Tanh": "tanh",
@@ -45,6 +45,14 @@ ACTIVATIONS: Final[dict[str, str]] = {
     "LeakyRelu": "leaky_relu",  # slope 0.01, both sides' default
 }
 
+_TOKENIZE: Final = "Tokenize"
+#: trax.data.Tokenize's parameters that say what the ids mean, and what a usable value is.
+_TOKENIZE_PARAMS: Final[dict[str, Any]] = {
+    "vocab_type": lambda v: isinstance(v, str),
+    "vocab_file": lambda v: isinstance(v, str) and bool(v),
+    "vocab_dir": lambda v: isinstance(v, str),
+    "n_reserved_ids": lambda v: type(v) is int and v >= 0,
+}
 _LOCAL: Final = "SelfAttention"
 _LSH: Final = "LSHSelfAttention"
 _MODEL: Final = "ReformerLM"
@@ -109,6 +117,8 @@ class GinSettings:
     unrepresentable: tuple[str, ...] = ()
     #: The positional encoding gin names: "axial", "learned" or a weightless pos_type ("sin-cos", ...).
     positions: str | None = None
+    #: What trax.data.Tokenize was bound to (vocab_type, vocab_file, vocab_dir, n_reserved_ids), or a dataset_name.
+    vocabulary: dict[str, Any] = field(default_factory=dict)
 
 
 def read_gin(path: Path) -> GinSettings:
@@ -142,6 +152,7 @@ def read_gin(path: Path) -> GinSettings:
         notes=tuple(dict.fromkeys(notes)),
         unrepresentable=tuple(dict.fromkeys(translation.unrepresentable)),
         positions=translation.positions,
+        vocabulary=translation.vocabulary,
     )
 
 
@@ -394,6 +405,14 @@ class _Table:
             values.update(self._by_scope.get(key, {}))
         return values
 
+    def in_any_scope(self, configurable: str) -> dict[str, dict[str, Any]]:
+        """Every scope's bindings of ``configurable``, unscoped first."""
+        found = {scope: values for (scope, name), values in self._by_scope.items() if name == configurable}
+        return dict(sorted(found.items(), key=lambda item: (item[0] != "", item[0])))
+
+    def all_bindings(self) -> list[tuple[str, Any]]:
+        return [(b.key, b.value) for b in self._bindings]
+
     def never_applied(self, configurables: Iterable[str]) -> list[str]:
         """Keys of scoped bindings of ``configurables`` that no lookup used."""
         wanted = set(configurables)
@@ -440,6 +459,7 @@ class _Translation:
         self.overrides: dict[str, Any] = {}
         self.notes: list[str] = []
         self.unrepresentable: list[str] = []
+        self.vocabulary: dict[str, Any] = {}
         self.kinds: tuple[str, ...] | None = None
         self.model_scope: tuple[str, ...] = ()
         self.lm: dict[str, Any] = {}
@@ -455,6 +475,7 @@ class _Translation:
         self._feed_forward()
         self._attention()
         self._layer_norm()
+        self._vocabulary()
         ignored = self.table.never_applied((_MODEL, _LOCAL, _LSH, "LayerNorm"))
         if ignored:
             shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
@@ -462,6 +483,30 @@ class _Translation:
 
     def _set(self, hf_key: str, value: Any) -> None:
         self.overrides[hf_key] = list(value) if isinstance(value, tuple) else value
+
+    # -- vocabulary
+
+    def _vocabulary(self) -> None:
+        """What trax.data.Tokenize was told (in any scope: it runs in the data pipeline's), or a dataset whose
+        vocabulary is known."""
+        scoped = self.table.in_any_scope(_TOKENIZE)
+        settings: dict[str, Any] = {}
+        for name, check in _TOKENIZE_PARAMS.items():
+            values = {repr(bound[name]): bound[name] for bound in scoped.values() if name in bound}
+            if len(values) > 1:
+                self.notes.append(
+                    f"Tokenize.{name} has different values in different scopes ({', '.join(values)}); using the first"
+                )
+            if values:
+                value = next(iter(values.values()))
+                if check(value):
+                    settings[name] = value
+                elif not isinstance(value, GinMacro):
+                    self.notes.append(f"Tokenize.{name} = {_show(value)} is not usable; ignored")
+        for key, value in self.table.all_bindings():
+            if key.endswith(".dataset_name") and isinstance(value, str) and "vocab_type" not in settings:
+                settings.setdefault("dataset_name", value)
+        self.vocabulary = settings
 
     def _take(self, params: dict[str, Any], name: str, hf_key: str, check: Any, what: str, owner: str) -> bool:
         """Copy ``params[name]`` to ``hf_key`` if bound and valid; note it if invalid."""

@@ -199,10 +199,27 @@ class Rule:
     transform: Transform
     also: tuple[str, ...] = ()  # further HF keys holding the same tensor
     zero_ok: bool = False  # all zeros is normal (a bias before training), not a sign of a broken file
+    #: For a tensor Trax computes instead of storing: its value from the dimensions. No leaf feeds it.
+    compute: Callable[[dict[str, int]], Array] | None = field(default=None, repr=False, compare=False)
 
     @property
     def rank(self) -> int:
         return len(self.shapes[0])
+
+
+def sin_cos_table(dims: dict[str, int]) -> Array:
+    """Trax's fixed positional encoding (``pos_type='sin-cos'``), the rows of positions 0..maxlen-1.
+
+    ``SinCosPositionalEncoding`` (trax >= 1.3.8) adds, in eval mode, ``[sin(p*w), cos(p*w)]`` with
+    ``w_i = 10000^(-2i/d)``: sines in the first half of the features, cosines in the second, computed in
+    float32 as JAX does.
+    """
+    length, d = dims["maxlen"], dims["d"]
+    position = np.arange(length, dtype=np.int32)[:, None].astype(np.float32)
+    scale = np.float32(-(np.log(np.float32(10000.0)) / np.float32(d)))
+    frequency = np.exp(np.arange(0, d, 2, dtype=np.int32).astype(np.float32) * scale)
+    angles = position * frequency
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
 
 
 EMBEDDING_RULE: Final = Rule("embedding", "reformer.embeddings.word_embeddings.weight", (("vocab", "d"),), IDENTITY)
@@ -214,6 +231,13 @@ PLAIN_POSITION_RULE: Final = Rule(
     POSITIONS,
 )
 AXIAL_POSITION_KEY: Final = "reformer.embeddings.position_embeddings.weights.{axis}"
+SIN_COS_POSITION_RULE: Final = Rule(
+    "positional encoding (Trax's fixed sin-cos, computed)",
+    PLAIN_POSITION_RULE.hf_key,
+    (("maxlen", "d"),),
+    IDENTITY,
+    compute=sin_cos_table,
+)
 
 
 def axial_position_rules(axes: int) -> tuple[Rule, ...]:
@@ -345,6 +369,11 @@ class Slot:
     def hf_keys(self) -> tuple[str, ...]:
         return (self.hf_key, *self.also)
 
+    def computed_value(self, spec: ReformerSpec) -> Array:
+        """The tensor of a slot no leaf fills (``rule.compute``)."""
+        assert self.rule.compute is not None, f"{self.hf_key} is read from the checkpoint, not computed"
+        return self.rule.compute(dims_for(spec))
+
 
 def _slot(rule: Rule, group: str, dims: dict[str, int], layer: int | None = None) -> Slot:
     shapes = tuple(tuple(d if isinstance(d, int) else dims[d] for d in pattern) for pattern in rule.shapes)
@@ -372,20 +401,26 @@ class SlotLayout:
     front: tuple[Slot, ...]  # embedding, positions
     layers: tuple[LayerSlots, ...]
     head: tuple[Slot, ...]
+    computed: tuple[Slot, ...] = ()  # tensors Trax computes rather than stores (sin-cos positions)
 
     @property
     def slots(self) -> list[Slot]:
+        """The slots leaves fill, in Trax's flat order."""
         return [*self.front, *(s for layer in self.layers for s in layer.slots), *self.head]
 
 
 def position_rules(spec: ReformerSpec) -> tuple[Rule, ...]:
+    if spec.sin_cos_positions:
+        return (SIN_COS_POSITION_RULE,)
     return axial_position_rules(len(spec.axial_pos_shape)) if spec.axial_pos_embds else (PLAIN_POSITION_RULE,)
 
 
 def expected_slots(spec: ReformerSpec) -> SlotLayout:
     """Every Hugging Face tensor for ``spec``, in Trax's flat leaf order."""
     dims = dims_for(spec)
-    front = tuple(_slot(r, "embeddings", dims) for r in (EMBEDDING_RULE, *position_rules(spec)))
+    positions = position_rules(spec)
+    front = tuple(_slot(r, "embeddings", dims) for r in (EMBEDDING_RULE, *positions) if r.compute is None)
+    computed = tuple(_slot(r, "embeddings", dims) for r in positions if r.compute is not None)
     layers = []
     for i, kind in enumerate(spec.attn_layers):
         rules = LAYER_RULES[kind]
@@ -396,13 +431,14 @@ def expected_slots(spec: ReformerSpec) -> SlotLayout:
 
         layers.append(LayerSlots(kind, make(rules.norm), make(rules.attention), make(rules.feed_forward)))
     head = tuple(_slot(r, "head", dims) for r in HEAD_RULES)
-    return SlotLayout(front, tuple(layers), head)
+    return SlotLayout(front, tuple(layers), head, computed)
 
 
 def hf_shapes(spec: ReformerSpec) -> dict[str, Shape]:
     """Every ``ReformerModelWithLMHead`` state_dict key and shape for ``spec``."""
     shapes: dict[str, Shape] = {}
-    for slot in expected_slots(spec).slots:
+    layout = expected_slots(spec)
+    for slot in (*layout.computed, *layout.slots):
         for key in slot.hf_keys:
             shapes[key] = slot.target_shape
     return shapes
@@ -462,6 +498,13 @@ def _split_layer(leaves: Sequence[Leaf]) -> LayerLeaves:
 
 # ------------------------------------------------------------------ alignment
 
+WEIGHTLESS_POSITIONS: Final = (
+    "the checkpoint has no positional-encoding weights: Trax used a weightless encoding (pos_type 'sin-cos', 'no' "
+    "or 'time-bin'), which Hugging Face's Reformer does not have and the weights cannot tell apart; Trax's sin-cos "
+    "converts as a fixed table: if it is sin-cos, say so with --set trax_pos_type=sin-cos or a config.gin binding "
+    "ReformerLM.pos_type = 'sin-cos'"
+)
+
 
 @dataclass(frozen=True)
 class Mismatch:
@@ -494,6 +537,7 @@ class Alignment:
     unused: list[Leaf]
     problems: list[str]  # layouts Hugging Face cannot represent, named
     notes: list[str]  # explanations of the other disagreements
+    computed: list[Slot] = field(default_factory=list)  # tensors made from the config, not from a leaf
 
     @property
     def ok(self) -> bool:
@@ -519,12 +563,14 @@ class Alignment:
 def align(spec: ReformerSpec, leaves: Sequence[Leaf]) -> Alignment:
     """Pair every expected slot with a leaf; collect all disagreements."""
     layout = expected_slots(spec)
-    result = Alignment(spec, [], [], [], [], [], [])
+    result = Alignment(spec, [], [], [], [], [], [], list(layout.computed))
     found = split_leaves(leaves)
     if found is None:
         _pair(result, layout.slots, list(leaves))
         _explain_unsegmented(result, leaves, spec)
         return result
+    if len(found.front) == 1 and len(layout.front) > 1:
+        result.problems.append(WEIGHTLESS_POSITIONS)
     _pair(result, layout.front, found.front)
     for i in range(max(len(found.layers), len(layout.layers))):
         if i >= len(layout.layers):
@@ -623,14 +669,17 @@ def _check_dtypes(result: Alignment, leaves: Sequence[Leaf]) -> None:
 
 @dataclass(frozen=True)
 class Plan:
-    """A checked mapping: every HF key from exactly one leaf, every leaf used once."""
+    """A checked mapping: every HF key from exactly one leaf (or computed), every leaf used once."""
 
     spec: ReformerSpec
     assignments: tuple[Assignment, ...]  # in leaf order
+    computed: tuple[Slot, ...] = ()
 
     @property
     def hf_keys(self) -> list[str]:
-        return [key for a in self.assignments for key in a.slot.hf_keys]
+        return [key for slot in self.computed for key in slot.hf_keys] + [
+            key for a in self.assignments for key in a.slot.hf_keys
+        ]
 
 
 def plan(spec: ReformerSpec, leaves: Sequence[Leaf], *, source: str = "checkpoint") -> Plan:
@@ -641,8 +690,8 @@ def plan(spec: ReformerSpec, leaves: Sequence[Leaf], *, source: str = "checkpoin
     if not alignment.ok:
         raise MappingError(f"{source}: {summarize_disagreement(alignment)}")
     assignments = sorted(alignment.assignments, key=lambda a: a.leaf.index)
-    _check_coverage(spec, assignments)
-    return Plan(spec, tuple(assignments))
+    _check_coverage(spec, assignments, alignment.computed)
+    return Plan(spec, tuple(assignments), tuple(alignment.computed))
 
 
 def summarize_disagreement(alignment: Alignment) -> str:
@@ -664,9 +713,9 @@ def summarize_disagreement(alignment: Alignment) -> str:
     return text + "; run `reformer-tools verify` for the full table"
 
 
-def _check_coverage(spec: ReformerSpec, assignments: Sequence[Assignment]) -> None:
+def _check_coverage(spec: ReformerSpec, assignments: Sequence[Assignment], computed: Sequence[Slot]) -> None:
     # Defence in depth: the tables must cover each key exactly once.
-    keys = [key for a in assignments for key in a.slot.hf_keys]
+    keys = [key for a in assignments for key in a.slot.hf_keys] + [key for s in computed for key in s.hf_keys]
     expected = set(hf_shapes(spec))
     if len(keys) != len(set(keys)) or set(keys) != expected:
         raise AssertionError("mapping tables do not cover the model exactly once")  # a bug, not bad input

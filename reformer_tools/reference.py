@@ -103,7 +103,7 @@ def parse_weights(leaves: Sequence[Array], spec: ReformerSpec, *, precision: Pre
         for axis, (size, depth) in enumerate(zip(spec.axial_pos_shape, spec.axial_pos_embds_dim, strict=True)):
             shape = (1, *(size if i == axis else 1 for i in range(axes)), depth)
             positions.append(reader.take(f"axial positional encoding, axis {axis}", shape)[0])
-    else:
+    elif not spec.sin_cos_positions:  # sin-cos has no weights: computed per input in _positions
         maxlen = spec.max_position_embeddings
         table = reader.take("positional encoding", (1, maxlen, d), (maxlen, d))
         positions.append(table.reshape(maxlen, d))  # checkpoints before 2021 kept a leading batch axis
@@ -388,7 +388,18 @@ def _check_ids(input_ids: Array, spec: ReformerSpec) -> Array:
     return ids.astype(np.int64)
 
 
+def _sin_cos(seq_len: int, d_model: int) -> FloatArray:
+    """SinCosPositionalEncoding in eval mode (trax >= 1.3.8, position_encodings.py ``_sincos``): for positions
+    0..seq_len-1, sin(p * w) then cos(p * w) along the features, w = exp(arange(0, d, 2) * -log(10000) / d),
+    in float32 as JAX computes it."""
+    rates = np.exp(np.arange(0, d_model, 2).astype(np.float32) * np.float32(-np.log(10000.0) / d_model))
+    arguments = np.arange(seq_len).astype(np.float32)[:, None] * rates[None, :]
+    return np.concatenate([np.sin(arguments), np.cos(arguments)], axis=1)
+
+
 def _positions(weights: ReformerWeights, spec: ReformerSpec, seq_len: int) -> FloatArray:
+    if spec.sin_cos_positions:
+        return _sin_cos(seq_len, spec.hidden_size).astype(weights.embedding.dtype)
     if not weights.axial:
         return weights.positions[0][:seq_len]
     # Position p sits at the row-major multi-index of p in axial_pos_shape; each axis contributes its part.

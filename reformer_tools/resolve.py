@@ -21,10 +21,12 @@ from reformer_tools.errors import (
     UnreadableCheckpointError,
     UnsupportedLayoutError,
     UsageError,
+    WeightlessPositionsError,
 )
 from reformer_tools.infer import read_weight_shapes
 from reformer_tools.loader import TraxCheckpoint
-from reformer_tools.spec import HF_DEFAULTS, ReformerSpec, read_config_json, spec_from_dict
+from reformer_tools.mapper import WEIGHTLESS_POSITIONS, split_leaves
+from reformer_tools.spec import HF_DEFAULTS, SIN_COS_KEY, ReformerSpec, read_config_json, spec_from_dict
 from reformer_tools.trax_defaults import (
     ANY_RELEASE,
     OUTPUT_FIELDS,
@@ -41,15 +43,14 @@ from reformer_tools.untrusted import printable
 
 if TYPE_CHECKING:
     from reformer_tools.gin_config import GinSettings
+    from reformer_tools.vocab import VocabType, Vocabulary
 
 #: Where a value came from. "trax" marks what every Trax ReformerLM is (causal, untied output, pad id 0).
-Source = Literal["weights", "config.json", "config.gin", "--set", "assumed", "trax"]
+Source = Literal["weights", "config.json", "config.gin", "--set", "assumed", "trax", "vocabulary"]
 #: The key in a written config.json that records where its values came from.
 PROVENANCE_KEY: Final = "reformer_tools"
-#: Settable with --set besides ReformerConfig's own keys: Trax's pos_type, for weightless positions.
-TRAX_POS_TYPE: Final = "trax_pos_type"
 _SETTABLE_EXTRA: Final = (
-    TRAX_POS_TYPE,
+    SIN_COS_KEY,
     "hidden_dropout_prob",
     "local_attention_probs_dropout_prob",
     "lsh_attention_probs_dropout_prob",
@@ -75,6 +76,7 @@ class ResolvedConfig:
     notes: tuple[str, ...] = ()
     gin: GinSettings | None = None
     unresolved: dict[str, str] = field(default_factory=dict)  # key -> why no value could be assumed
+    vocabulary: ChosenVocabulary | None = None
 
     @property
     def gin_path(self) -> Path | None:
@@ -144,15 +146,39 @@ def find_gin(checkpoint: TraxCheckpoint, gin_path: Path | None) -> Path | None:
 
 
 @dataclass(frozen=True)
+class VocabularySources:
+    """What the command line says about the vocabulary: --vocab, --vocab-type, --reserved-ids."""
+
+    path: Path | None = None
+    vocab_type: str | None = None
+    reserved_ids: int | None = None
+
+    @property
+    def given(self) -> bool:
+        return self.path is not None or self.vocab_type is not None
+
+
+@dataclass(frozen=True)
+class ChosenVocabulary:
+    """The vocabulary a model's ids mean, and how it was found (for people: one line)."""
+
+    vocabulary: Vocabulary
+    source: str
+
+
+@dataclass(frozen=True)
 class ConfigSources:
-    """Where a command's config may come from: --config, --gin and --set."""
+    """Where a command's config may come from: --config, --gin, --set, and the vocabulary options."""
 
     config_path: Path | None = None
     gin_path: Path | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
+    vocabulary: VocabularySources = field(default_factory=VocabularySources)
 
     def resolve(self, checkpoint: TraxCheckpoint | None, *, complete: bool = True) -> ResolvedConfig:
-        return resolve_config(checkpoint, self.config_path, self.gin_path, self.settings, complete=complete)
+        return resolve_config(
+            checkpoint, self.config_path, self.gin_path, self.settings, complete=complete, vocabulary=self.vocabulary
+        )
 
 
 def resolve_config(
@@ -162,6 +188,7 @@ def resolve_config(
     settings: Mapping[str, Any] | None = None,
     *,
     complete: bool = True,
+    vocabulary: VocabularySources | None = None,
 ) -> ResolvedConfig:
     """The config to use, with the origin of every value.
 
@@ -183,9 +210,21 @@ def resolve_config(
         gin_file = find_gin(checkpoint, gin_path)
         description = "the weight shapes" + (f" and {gin_file}" if gin_file else "")
         builder.take_weights_and_gin(checkpoint, gin_file, found=gin_path is None)
+    where = checkpoint.path.parent if checkpoint is not None else config_path.parent if config_path else Path()
+    chosen = choose_vocabulary(vocabulary or VocabularySources(), builder.gin, where, builder.notes)
+    if chosen is not None:
+        builder.take_vocabulary(chosen.vocabulary)
     builder.take_settings(settings or {})
     builder.fill(complete=complete)
     spec = builder.spec(description)
+    if checkpoint is not None and not spec.sin_cos_positions:
+        layout = split_leaves(checkpoint.leaves)
+        if layout is not None and len(layout.front) == 1:  # named in every command, with or without --config
+            raise WeightlessPositionsError(f"{checkpoint.path}: {WEIGHTLESS_POSITIONS}")
+    if chosen is not None:
+        from reformer_tools.tokenizer_files import check_vocab_size
+
+        check_vocab_size(chosen.vocabulary, spec.vocab_size)
     return ResolvedConfig(
         spec,
         description,
@@ -195,7 +234,74 @@ def resolve_config(
         tuple(dict.fromkeys(builder.notes)),
         builder.gin,
         builder.unresolved,
+        chosen,
     )
+
+
+# -------------------------------------------------------------- vocabulary
+
+#: Datasets whose vocabulary Trax did not name because the dataset fixes it: t2t's enwik8 problems are
+#: UTF-8 bytes after t2t's two reserved ids (0 pads, 1 ends a sequence).
+_KNOWN_DATASETS: Final[tuple[tuple[str, VocabType, int], ...]] = (("enwik8", "char", 2),)
+
+
+def choose_vocabulary(
+    given: VocabularySources, gin: GinSettings | None, directory: Path, notes: list[str]
+) -> ChosenVocabulary | None:
+    """The vocabulary the command line names, else the one config.gin names (found beside the checkpoint),
+    else one a known dataset implies; None (with a note) when nothing says."""
+    from reformer_tools.vocab import VOCAB_TYPES, load_vocabulary
+
+    bound = dict(gin.vocabulary) if gin is not None else {}
+    reserved = given.reserved_ids
+    gin_reserved = bound.get("n_reserved_ids")
+    if reserved is None:
+        reserved = gin_reserved if isinstance(gin_reserved, int) else 0
+    elif isinstance(gin_reserved, int) and gin_reserved != reserved:
+        notes.append(
+            f"--reserved-ids {reserved}; config.gin says Tokenize.n_reserved_ids = {gin_reserved}; using {reserved}"
+        )
+    vocab_type: Any = given.vocab_type
+    if given.given:
+        vocabulary = load_vocabulary(given.path, vocab_type, reserved)
+        where = f"--vocab {given.path}" if given.path is not None else f"--vocab-type {given.vocab_type}"
+        return ChosenVocabulary(vocabulary, where)
+    if "vocab_type" in bound or "vocab_file" in bound:
+        gin_type = bound.get("vocab_type", "subword")  # Tokenize's default
+        if gin_type == "char":
+            return ChosenVocabulary(
+                load_vocabulary(None, "char", reserved), "config.gin (Tokenize.vocab_type = 'char')"
+            )
+        name = bound.get("vocab_file")
+        if not isinstance(name, str):
+            notes.append(f"config.gin says Tokenize.vocab_type = {gin_type!r} but names no vocab_file: no tokenizer")
+            return None
+        candidates = [directory / Path(name).name]
+        vocab_dir = bound.get("vocab_dir")
+        if isinstance(vocab_dir, str) and "://" not in vocab_dir:
+            candidates.insert(0, Path(vocab_dir) / name)
+        found = next((path for path in candidates if path.is_file()), None)
+        if found is None:
+            notes.append(
+                f"config.gin names the vocabulary {printable(name, 80)!r} (Tokenize.vocab_file); it is not beside the "
+                "checkpoint: pass --vocab FILE to include a tokenizer"
+            )
+            return None
+        vocabulary = load_vocabulary(found, gin_type if gin_type in VOCAB_TYPES else None, reserved)
+        return ChosenVocabulary(
+            vocabulary, f"config.gin (Tokenize.vocab_file = {printable(name, 80)!r}), found at {found}"
+        )
+    dataset = bound.get("dataset_name")
+    if isinstance(dataset, str):
+        for fragment, known_type, known_reserved in _KNOWN_DATASETS:
+            if fragment in dataset:
+                vocabulary = load_vocabulary(
+                    None, known_type, known_reserved if given.reserved_ids is None else reserved
+                )
+                return ChosenVocabulary(
+                    vocabulary, f"config.gin's dataset {printable(dataset, 60)!r}: UTF-8 bytes after 2 reserved ids"
+                )
+    return None
 
 
 class _Builder:
@@ -209,7 +315,6 @@ class _Builder:
         self.unresolved: dict[str, str] = {}
         self.notes: list[str] = []
         self.gin: GinSettings | None = None
-        self._weightless = False  # the weights hold no positional encoding
 
     def put(self, key: str, value: Any, source: Source) -> None:
         self.values[key] = value
@@ -260,12 +365,13 @@ class _Builder:
                 self.notes.extend(attention_disagreements(gin, shapes.attention_kinds))
                 weight_values["attn_layers"] = _shared_qk_from_gin(shapes.attention_kinds, gin.attention_kinds)
             if shapes.positions == "none" and gin.positions not in (None, "axial", "learned"):
-                self.put(TRAX_POS_TYPE, gin.positions, "config.gin")
+                self.put(SIN_COS_KEY, gin.positions, "config.gin")
         for key, value in weight_values.items():
             self.put(key, value, "weights")
         self.notes.append(f"config inferred from the weight shapes: {', '.join(sorted(shapes.values))}")
         if shapes.positions == "none":
-            self._weightless_positions()
+            # No positional-encoding arrays: only Trax's sin-cos converts, and only if something names it.
+            self.put("axial_pos_embds", False, "weights")
         elif "lsh" in shapes.attention_kinds and (gin is None or gin.attention_kinds is None):
             layers = ", ".join(str(i) for i, kind in enumerate(shapes.attention_kinds) if kind == "lsh")
             self.notes.append(
@@ -273,11 +379,14 @@ class _Builder:
                 "same shapes and cannot be told apart without config.gin (pass --gin or --config to be sure)"
             )
 
-    def _weightless_positions(self) -> None:
-        """No positional-encoding arrays: only Trax's sin-cos encoding can be converted, and only if named
-        (by config.gin or --set trax_pos_type=sin-cos; checked in ``fill`` once every source is in)."""
-        self._weightless = True
-        self.put("axial_pos_embds", False, "weights")
+    def take_vocabulary(self, vocabulary: Vocabulary) -> None:
+        """Its padding and end-of-sequence ids: the vocabulary says what its ids mean (--set still wins)."""
+        for key, value in (("pad_token_id", vocabulary.pad_id), ("eos_token_id", vocabulary.eos_id)):
+            if value is None:
+                continue
+            if self.sources.get(key) == "config.json" and self.values.get(key) != value:
+                self.notes.append(f"{key}: {self.values[key]!r} in config.json; the vocabulary's is {value}; using it")
+            self.put(key, value, "vocabulary")
 
     def take_settings(self, settings: Mapping[str, Any]) -> None:
         for key, value in settings.items():
@@ -307,19 +416,15 @@ class _Builder:
         self._whole_sequence()
 
     def _check_positions(self) -> None:
-        pos_type = self.values.get(TRAX_POS_TYPE)
+        pos_type = self.values.get(SIN_COS_KEY)
         if pos_type is not None and pos_type != SIN_COS:
             raise UnsupportedLayoutError(
                 f"the positional encoding is Trax's {printable(str(pos_type), 40)!r}, which has no weights and no "
                 "Hugging Face counterpart; only 'sin-cos' can be converted (as a fixed table)"
             )
-        if self._weightless and pos_type is None:
-            raise UnsupportedLayoutError(
-                "the checkpoint has no positional-encoding weights: Trax used a fixed encoding (pos_type "
-                "'sin-cos', 'fixed-base', 'infinite', 'time-bin' or 'no'), which Hugging Face's Reformer does not "
-                "have; Trax's sin-cos can be converted as a fixed table: if it is sin-cos, say so with --set "
-                "trax_pos_type=sin-cos or a config.gin binding ReformerLM.pos_type = 'sin-cos'"
-            )
+
+        if pos_type == SIN_COS:
+            self.releases = self.releases.narrowed("1.3.8", "master", "Trax's sin-cos positions: 1.3.8 on")
         if pos_type == SIN_COS and "max_position_embeddings" not in self.values:
             assumed, unknown = trax_defaults(self.releases, ["max_position_embeddings"])
             for key, assumption in assumed.items():

@@ -18,6 +18,8 @@ from typing import Any, Final, Literal
 from reformer_tools.errors import ConfigError
 
 AttentionKind = Literal["local", "lsh"]
+#: The config key that says positions are Trax's fixed sin-cos encoding (a key Hugging Face ignores).
+SIN_COS_KEY: Final = "trax_pos_type"
 ATTENTION_KINDS: Final = ("local", "lsh")
 
 #: transformers.ReformerConfig's defaults for the fields this tool reads.
@@ -89,6 +91,8 @@ class ReformerSpec:
     num_buckets: int | tuple[int, ...] | None = None
     hash_seed: int | None = None
     is_decoder: bool = False
+    #: Trax's fixed sin-cos positions (no weights): the learned table is computed, not read from the checkpoint.
+    sin_cos_positions: bool = False
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -128,6 +132,7 @@ class ReformerSpec:
                 "num_buckets": list(self.num_buckets) if isinstance(self.num_buckets, tuple) else self.num_buckets,
                 "hash_seed": self.hash_seed,
                 "is_decoder": self.is_decoder,
+                **({SIN_COS_KEY: "sin-cos"} if self.sin_cos_positions else {}),
             }
         )
         return config
@@ -214,6 +219,7 @@ def spec_from_dict(data: Any) -> ReformerSpec:
         num_buckets=reader.buckets("num_buckets"),
         hash_seed=reader.optional_int("hash_seed"),
         is_decoder=reader.boolean("is_decoder"),
+        sin_cos_positions=reader.sin_cos(),
         raw=dict(data),
     )
     _check_consistency(spec, data)
@@ -353,6 +359,16 @@ class _Reader:
             if item not in allowed:
                 raise ConfigError(f"{key} may only contain {' or '.join(map(repr, allowed))}, got {item!r}")
         return tuple(value)
+
+    def sin_cos(self) -> bool:
+        value = self._values.get(SIN_COS_KEY)
+        if value is None:
+            return False
+        if value != "sin-cos":
+            raise ConfigError(f"{SIN_COS_KEY} may only be 'sin-cos' (Trax's weightless positions), got {value!r}")
+        if self._values["axial_pos_embds"]:
+            raise ConfigError(f"{SIN_COS_KEY} 'sin-cos' needs axial_pos_embds false: the table takes the learned slot")
+        return True
 
     def buckets(self, key: str) -> int | tuple[int, ...] | None:
         value = self._get(key)

@@ -85,6 +85,10 @@ class Releases:
             return f"trax {self.first}"
         return f"trax {self.first} to {self.last}"
 
+    def narrowed(self, first: str, last: str, why: str) -> Releases:
+        """These releases, and only those from ``first`` to ``last`` (``why``); all of them if none is."""
+        return _narrow([(self.first, self.last, why) for why in self.evidence] + [(first, last, why)])
+
     def overlaps(self, first: str, last: str) -> bool:
         return _RANK[first] <= _RANK[self.last] and _RANK[self.first] <= _RANK[last]
 
@@ -107,58 +111,83 @@ def _narrow(clues: Sequence[tuple[str, str, str]]) -> Releases:
     return Releases(first, last, evidence)
 
 
-#: version_timestamp -> the releases whose Trainer or Loop wrote it.
+#: version_timestamp -> the releases whose Trainer or Loop wrote it. A stamp only master wrote between two
+#: releases spans both (defaults that changed in between cannot be assumed for it).
 _VERSION_STAMPS: Final[dict[str, tuple[str, str, str]]] = {
-    "Jan-13-2020": ("1.2.0", "1.2.4", "trax.supervised.Trainer, pickle with nested weights"),
-    "Jun-18-2020": ("1.3.0", LAST, "trax.supervised.Trainer, gzip pickle with flat weights"),
+    "Jan-13-2020": (
+        "1.2.0",
+        "1.3.0",
+        "trax.supervised.Trainer, a pickle with nested weights (and master to 2020-06-22)",
+    ),
+    "Jun-18-2020": ("1.3.0", LAST, "trax.supervised.Trainer, a gzip pickle with flat weights"),
     "Jun-29-2020": ("1.3.0", "1.3.4", "training.Loop"),
-    "Aug-21-2020": ("1.3.5", "1.3.5", "training.Loop"),
+    "Aug-21-2020": ("1.3.4", "1.3.5", "training.Loop on master between 1.3.4 and 1.3.5"),
     "Sep-17-2020": ("1.3.5", "1.3.6", "training.Loop"),
-    "Oct-28-2020": ("1.3.7", "1.3.8", "training.Loop"),
+    "Oct-28-2020": ("1.3.7", "1.3.8", "training.Loop (and master to 2021-03-10)"),
     "Mar-10-2021": ("1.3.8", LAST, "training.Loop"),
 }
+
+Clue = tuple[str, str, str]  # (earliest release, latest release, what shows it)
 
 
 def releases_for(checkpoint: TraxCheckpoint) -> Releases:
     """The Trax releases that can have written ``checkpoint``, from what it shows."""
     from reformer_tools.loader import CheckpointFormat
 
-    clues: list[tuple[str, str, str]] = []
+    clues: list[Clue] = []
     stamp = checkpoint.version_timestamp
     if stamp in _VERSION_STAMPS:
         low, high, writer = _VERSION_STAMPS[stamp]
-        clues.append((low, high, f"version_timestamp {stamp!r}: written by {writer} of trax {low} to {high}"))
+        clues.append((low, high, f"version_timestamp {stamp!r}: {writer}"))
     keys = {item.key for item in checkpoint.metadata}
+    flat = checkpoint.format in (
+        CheckpointFormat.GZIP_FLAT,
+        CheckpointFormat.GZIP_SHARDED,
+        CheckpointFormat.NPY_SIDE_FILE,
+        CheckpointFormat.NPY_STREAM,
+    )
     if checkpoint.format is CheckpointFormat.PICKLE_TREE and "tuple layout" in checkpoint.description:
         clues.append((FIRST, "1.1.4", "a tuple (opt_state, step, history, state): trax.supervised.Trainer up to 1.1"))
-    if checkpoint.format is CheckpointFormat.GZIP_FLAT and stamp is None and "input_signature" in keys:
-        clues.append(("1.3.8", LAST, "flat weights with an input signature and no version: Layer.save_to_file"))
-    if checkpoint.format in (CheckpointFormat.GZIP_FLAT, CheckpointFormat.NPY_SIDE_FILE) and stamp is None:
-        clues.append(("1.3.0", LAST, "flat weights: trax 1.3 or later"))
+    if flat:
+        clues.append(("1.3.0", LAST, "flat weights: trax 1.3 or later (2020-06-22 on)"))
+    if checkpoint.format is CheckpointFormat.GZIP_FLAT and stamp is None:
+        clues.append(("1.3.8", LAST, "flat weights and no version stamp: Layer.save_to_file (2021-01-24 on)"))
     if checkpoint.format is CheckpointFormat.NPY_STREAM:
         clues.append(("1.3.8", LAST, "a .weights.npy.gz stream: training.Loop from 1.3.8"))
-    table = _position_table_shape(checkpoint)
-    if table is not None:
-        if len(table) == 3:
-            clues.append((FIRST, "1.3.7", "a (1, max_len, d) position table: PositionalEncoding up to 1.3.7"))
-        else:
-            clues.append(("1.3.8", LAST, "a (max_len, d) position table: PositionalEncoding from 1.3.8"))
+    if "flat_eval_state" in keys:
+        clues.append(("1.3.5", LAST, "a flat_eval_state entry: training.Loop from 1.3.5"))
+    if "slots_per_task" in keys:
+        clues.append(("1.3.4", LAST, "a slots_per_task entry: training.Loop from 2020-08-21"))
+    clues.extend(_weight_clues(checkpoint))
     return _narrow(clues)
 
 
-def _position_table_shape(checkpoint: TraxCheckpoint) -> tuple[int, ...] | None:
-    """The learned position table's shape, when the weights hold one (the leaf after the embedding)."""
+def _weight_clues(checkpoint: TraxCheckpoint) -> list[Clue]:
+    """What the weights' layout dates: efficient attention, the position table's shape and wrapping."""
     if not checkpoint.leaves_known:
-        return None
-    leaves = checkpoint.leaves
-    if len(leaves) < 3:
-        return None
-    embedding, table, after = leaves[0].shape, leaves[1].shape, leaves[2].shape
-    if len(embedding) != 2 or len(after) != 1:  # the layers start right after one table
-        return None
-    if table[-1:] == embedding[-1:] and (len(table) == 2 or (len(table) == 3 and table[0] == 1)):
-        return table
-    return None
+        return []
+    from reformer_tools.mapper import split_leaves
+
+    layout = split_leaves(checkpoint.leaves)
+    if layout is None:
+        return []
+    clues: list[Clue] = [("1.2.3", LAST, "(heads, d_model, d_head) attention projections: efficient attention")]
+    positions = layout.front[1:]
+    learned = len(positions) == 1 and len(positions[0].shape) in (2, 3)
+    if learned:
+        if len(positions[0].shape) == 3:
+            clues.append(("1.2.0", "1.3.8", "a (1, max_len, d) position table: up to 1.3.7 (master to 2021-03-30)"))
+        else:
+            clues.append(("1.3.8", LAST, "a (max_len, d) position table: 1.3.8 on"))
+    if positions and checkpoint.format.value == "pickle-weights-tree":
+        first = positions[0].path
+        wrapped = first == "weights[3][1]" if learned else first.startswith("weights[3][1][")
+        unwrapped = first == "weights[3]" if learned else first.startswith("weights[3][0]")
+        if wrapped:
+            clues.append(("1.3.8", LAST, "the positional encoder wrapped in shape assertions: 1.3.8 on"))
+        elif unwrapped:
+            clues.append((FIRST, "1.3.8", "the positional encoder without shape assertions: up to 1.3.7"))
+    return clues
 
 
 # ------------------------------------------------------------------------------------ defaults
@@ -210,26 +239,41 @@ REFORMER_LM_FACTS: Final[dict[str, Any]] = {
     "use_cache": False,
 }
 
+#: A default no model can have run with: the value was set when it was trained, so it cannot be assumed.
+UNUSABLE: Final = "unusable"
+
+# Read from Trax's source at every release tag (ReformerLM, DecoderBlock, SelfAttention, LSHSelfAttention,
+# LayerNorm); SelfAttention and LSHSelfAttention exist from 1.2.3. docs/configuration.md cites the lines.
 DEFAULTS: Final[tuple[TraxDefault, ...]] = (
-    TraxDefault("hidden_act", "gelu_new", FIRST, LAST, "ReformerLM(ff_activation=tl.FastGelu)"),
+    TraxDefault("hidden_act", "gelu_fast", FIRST, LAST, "ReformerLM(ff_activation=tl.FastGelu)"),
     TraxDefault("layer_norm_eps", TRAX_LAYER_NORM_EPS, FIRST, LAST, "tl.LayerNorm(epsilon=1e-6)"),
     TraxDefault("local_attn_chunk_length", WHOLE_SEQUENCE, FIRST, LAST, "SelfAttention(chunk_len=None)"),
     TraxDefault("local_num_chunks_before", 0, FIRST, LAST, "SelfAttention(n_chunks_before=0)"),
     TraxDefault("local_num_chunks_after", 0, FIRST, LAST, "SelfAttention(n_chunks_after=0)"),
-    TraxDefault("lsh_attn_chunk_length", WHOLE_SEQUENCE, FIRST, "1.3.4", "LSHSelfAttention(chunk_len=None)"),
+    # chunk_len=None with n_chunks_before=1 fails Trax's own assertion: every LSH model before 1.3.5 set it.
+    TraxDefault(
+        "lsh_attn_chunk_length", UNUSABLE, FIRST, "1.3.4", "LSHSelfAttention(chunk_len=None), which cannot run"
+    ),
     TraxDefault("lsh_attn_chunk_length", 128, "1.3.5", LAST, "LSHSelfAttention(chunk_len=128)"),
     TraxDefault("lsh_num_chunks_before", 1, FIRST, LAST, "LSHSelfAttention(n_chunks_before=1)"),
     TraxDefault("lsh_num_chunks_after", 0, FIRST, LAST, "LSHSelfAttention(n_chunks_after=0)"),
     TraxDefault("num_hashes", 1, FIRST, LAST, "LSHSelfAttention(n_hashes=1)"),
     TraxDefault("num_buckets", 256, FIRST, "1.3.4", "LSHSelfAttention(n_buckets=256)"),
-    TraxDefault("num_buckets", None, "1.3.5", LAST, "LSHSelfAttention(n_buckets=None): chosen per input length"),
-    TraxDefault("max_position_embeddings", 2048, FIRST, LAST, "ReformerLM(max_len=2048)"),
+    TraxDefault(
+        "num_buckets", None, "1.3.5", LAST, "LSHSelfAttention(n_buckets=None): 2*length/chunk_len for each input"
+    ),
+    # Sin-cos tables have no length: any will do, every row being exact. ReformerLM's own max_len default.
+    TraxDefault("max_position_embeddings", 2048, FIRST, LAST, "ReformerLM(max_len=2048); sin-cos has no length"),
     TraxDefault("hidden_dropout_prob", 0.1, FIRST, LAST, "ReformerLM(dropout=0.1)"),
     TraxDefault("local_attention_probs_dropout_prob", 0.0, FIRST, "1.3.5", "SelfAttention(attention_dropout=0.0)"),
     TraxDefault("local_attention_probs_dropout_prob", 0.1, "1.3.6", LAST, "ReformerLM passes its dropout=0.1"),
     TraxDefault("lsh_attention_probs_dropout_prob", 0.0, FIRST, "1.3.5", "LSHSelfAttention(attention_dropout=0.0)"),
     TraxDefault("lsh_attention_probs_dropout_prob", 0.1, "1.3.6", LAST, "ReformerLM passes its dropout=0.1"),
 )
+
+
+def _after(release: str) -> str:
+    return RELEASES[min(_RANK[release] + 1, len(RELEASES) - 1)]
 
 
 def trax_defaults(releases: Releases, keys: Iterable[str]) -> tuple[dict[str, Assumption], dict[str, str]]:
@@ -239,7 +283,12 @@ def trax_defaults(releases: Releases, keys: Iterable[str]) -> tuple[dict[str, As
     for key in keys:
         candidates = [d for d in DEFAULTS if d.key == key and releases.overlaps(d.first, d.last)]
         values = {repr(d.value) for d in candidates}
-        if len(values) == 1:
+        if any(d.value == UNUSABLE for d in candidates):
+            unusable = next(d for d in candidates if d.value == UNUSABLE)
+            unknown[key] = (
+                f"Trax's default before {_after(unusable.last)} ({unusable.trax}) means it was set in training"
+            )
+        elif len(values) == 1:
             chosen = candidates[0]
             assumed[key] = Assumption(chosen.value, f"{releases} default: {chosen.trax}")
         elif candidates and key in TRAINING_FIELDS:

@@ -196,22 +196,21 @@ def audit_array(leaf: Leaf, array: npt.NDArray[Any], assignment: Assignment | No
 
 
 def compare_tensor(
-    assignment: Assignment, key: str, source: npt.NDArray[Any], converted: ConvertedModel
+    key: str, path: str, expected: npt.NDArray[Any], dtype: str, converted: ConvertedModel
 ) -> TensorComparison:
-    """The converted tensor against the transform (and cast) of its source, bit for bit."""
-    path = assignment.leaf.path
+    """The converted tensor against what it must hold (``expected``, a storage array of ``dtype``: a leaf's
+    transform, or a computed tensor), after the same cast, bit for bit."""
     stored = converted.tensors.get(key)
     if stored is None:
         return TensorComparison(key, path, "missing")
-    expected = assignment.slot.transform.apply(source)
     if stored.shape != tuple(expected.shape):
         return TensorComparison(key, path, "shape", detail=f"{list(stored.shape)} instead of {list(expected.shape)}")
     detail = ""
-    if stored.dtype != assignment.leaf.dtype:
+    if stored.dtype != dtype:
         if stored.dtype not in OUTPUT_DTYPES:
-            return TensorComparison(key, path, "dtype", detail=f"{stored.dtype} instead of {assignment.leaf.dtype}")
-        expected = cast(expected, assignment.leaf.dtype, stored.dtype)
-        detail = f"compared after casting {assignment.leaf.dtype} to {stored.dtype}"
+            return TensorComparison(key, path, "dtype", detail=f"{stored.dtype} instead of {dtype}")
+        expected = cast(expected, dtype, stored.dtype)
+        detail = f"compared after casting {dtype} to {stored.dtype}"
     actual = converted.load(key)
     if _bitwise_equal(expected, actual):
         return TensorComparison(key, path, "equal", 0.0, detail)
@@ -272,13 +271,19 @@ def verify_checkpoint(
         assignment = by_leaf.get(leaf.index)
         report.audits.append(audit_array(leaf, array, assignment))
         if converted is not None and report.converted is not None and assignment is not None:
+            expected = assignment.slot.transform.apply(array)
             for key in assignment.slot.hf_keys:
-                report.converted.comparisons.append(compare_tensor(assignment, key, array, converted))
+                report.converted.comparisons.append(compare_tensor(key, leaf.path, expected, leaf.dtype, converted))
         if on_array is not None:
             on_array(leaf, array)
     if converted is not None and report.converted is not None:
-        expected = {key for a in alignment.assignments for key in a.slot.hf_keys}
-        report.converted.unexpected = sorted(set(converted.tensors) - expected)
+        for slot in alignment.computed:
+            for key in slot.hf_keys:
+                comparison = compare_tensor(key, "(computed)", slot.computed_value(spec), "float32", converted)
+                report.converted.comparisons.append(comparison)
+        keys = {key for a in alignment.assignments for key in a.slot.hf_keys}
+        keys |= {key for slot in alignment.computed for key in slot.hf_keys}
+        report.converted.unexpected = sorted(set(converted.tensors) - keys)
     return report
 
 
@@ -310,6 +315,8 @@ def verify_numerics(
             for assignment in report.alignment.assignments
             for key in assignment.slot.hf_keys
         }
+        spec = report.resolved.spec
+        model |= {key: slot.computed_value(spec) for slot in report.alignment.computed for key in slot.hf_keys}
     report.numerics = compare_numerics(
         leaves, report.resolved.spec, model, input_ids, atol=atol, seed=seed, assumed=report.resolved.assumed_values
     )

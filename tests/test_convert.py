@@ -66,7 +66,7 @@ def test_every_real_trax_file_converts_to_trax_s_own_outputs(checkpoint: Path, t
     out = tmp_path / "hf"
     result = invoke(["convert", checkpoint, "--config", fixture / "config.json", "-o", out])
     assert result.exit_code == 0, result.output + result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "generation_config.json", "model.safetensors"]
     trax = log_softmax(np.load(fixture / "logits.npy"))
     ours = hf_log_probs(out, np.load(fixture / "hf_input_ids.npy"))
     assert np.abs(ours - trax).max() <= 1e-4

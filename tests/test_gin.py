@@ -545,8 +545,8 @@ def test_d_attention_value_must_equal_the_key_size(gin_text: ReadText) -> None:
     [
         ("@trax.layers.Relu", "relu"),
         ("@Relu", "relu"),
-        ("@trax.layers.FastGelu", "gelu_new"),
-        ("@FastGelu", "gelu_new"),
+        ("@trax.layers.FastGelu", "gelu_fast"),
+        ("@FastGelu", "gelu_fast"),
         ("@trax.layers.Gelu", "gelu"),
         ("@Tanh", "tanh"),
     ],

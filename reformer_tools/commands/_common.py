@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from reformer_tools.vocab import VOCAB_TYPES
+
 if TYPE_CHECKING:
     from reformer_tools.loader import TraxCheckpoint
-    from reformer_tools.resolve import ResolvedConfig
+    from reformer_tools.resolve import ConfigSources, ResolvedConfig
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -64,9 +66,29 @@ class CommonOptions:
     as_json: bool = False
     max_decompressed: int | None = None
     quiet: bool = False
+    vocab_path: Path | None = None
+    vocab_type: str | None = None
+    reserved_ids: int | None = None
+
+    def sources(self) -> ConfigSources:
+        """Where the config and vocabulary come from."""
+        from reformer_tools.resolve import ConfigSources, VocabularySources
+
+        vocabulary = VocabularySources(self.vocab_path, self.vocab_type, self.reserved_ids)
+        return ConfigSources(self.config_path, self.gin_path, self.settings, vocabulary)
 
 
-_COMMON = ("checkpoint", "config_path", "gin_path", "settings", "as_json", "max_decompressed")
+_COMMON = (
+    "checkpoint",
+    "config_path",
+    "gin_path",
+    "settings",
+    "as_json",
+    "max_decompressed",
+    "vocab_path",
+    "vocab_type",
+    "reserved_ids",
+)
 
 
 def common_options(*, checkpoint_required: bool = True) -> Callable[[F], F]:
@@ -104,6 +126,22 @@ def common_options(*, checkpoint_required: bool = True) -> Callable[[F], F]:
                 multiple=True,
                 help="Set one config value (JSON, or a plain string), e.g. --set num_buckets=64. Repeatable.",
             ),
+            click.option(
+                "--vocab",
+                "vocab_path",
+                type=click.Path(path_type=Path),
+                help="The model's vocabulary file (Trax subword, SentencePiece .model or WordPiece vocab.txt).",
+            ),
+            click.option(
+                "--vocab-type",
+                type=click.Choice(VOCAB_TYPES),
+                help="The vocabulary's type (default: detected from the file; char needs no file).",
+            ),
+            click.option(
+                "--reserved-ids",
+                type=click.IntRange(min=0),
+                help="Ids reserved before the vocabulary (Trax's n_reserved_ids; default: config.gin's, else 0).",
+            ),
             click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead."),
             click.option(
                 "--max-decompressed-size",
@@ -136,13 +174,13 @@ def resolve(
     ``required`` False: a checkpoint whose config cannot be inferred gives None (``inspect`` still
     lists its arrays).
     """
-    from reformer_tools.errors import UnsupportedLayoutError
-    from reformer_tools.resolve import resolve_config
+    from reformer_tools.errors import UnsupportedLayoutError, WeightlessPositionsError
 
     try:
-        resolved = resolve_config(checkpoint, common.config_path, common.gin_path, common.settings, complete=complete)
+        resolved = common.sources().resolve(checkpoint, complete=complete)
     except UnsupportedLayoutError as error:
-        if required or common.config_path is not None or common.settings:
+        # Unnamed weightless positions stop every command: there is no way to say which encoding it was.
+        if required or common.config_path is not None or common.settings or isinstance(error, WeightlessPositionsError):
             raise
         from reformer_tools._console import note
 
@@ -164,3 +202,5 @@ def report_resolution(resolved: ResolvedConfig, *, quiet: bool) -> None:
         warn(assumed)  # even with --quiet: a model that may differ from Trax's is never handed over silently
     for key, why in resolved.unresolved.items():
         warn(f"{key} is not known ({why}); Hugging Face's default shown")
+    if not quiet and resolved.vocabulary is not None:
+        note(f"vocabulary: {resolved.vocabulary.vocabulary.describe()}, from {resolved.vocabulary.source}")

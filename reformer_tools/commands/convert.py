@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +90,6 @@ def convert(
     """
     from reformer_tools.convert import ConversionOptions, convert_checkpoint
     from reformer_tools.errors import UsageError
-    from reformer_tools.resolve import ConfigSources
     from reformer_tools.sizes import parse_size
 
     source = _pick("CKPT", common.checkpoint, legacy_checkpoint, "--trax_model_pkl_path")
@@ -99,7 +99,7 @@ def convert(
         raise UsageError("missing the checkpoint: give CKPT (or --trax_model_pkl_path)")
     if target is None:
         raise UsageError("missing the output: give -o OUT (or --pytorch_dump_path)")
-    sources = ConfigSources(config_path, common.gin_path, common.settings)
+    sources = replace(common.sources(), config_path=config_path)
     progress = _progress(enabled=not quiet and not common.as_json and not dry_run and _stderr_is_terminal())
     with progress as on_progress:
         options = ConversionOptions(

@@ -1,0 +1,183 @@
+"""Everything in an output directory besides the weights: config.json, generation_config.json, the tokenizer
+and the model card (README.md). Pure: bytes in, bytes out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from reformer_tools import __version__
+
+if TYPE_CHECKING:
+    from reformer_tools.loader import TraxCheckpoint
+    from reformer_tools.resolve import ResolvedConfig
+
+
+def _dump(payload: Mapping[str, Any]) -> bytes:
+    return (json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def config_json(resolved: ResolvedConfig, dtype: str | None) -> bytes:
+    """config.json: the spec, where its values came from, and the vocabulary (so ``verify`` can check it)."""
+    config = resolved.config_dict()
+    if dtype is not None:
+        config["torch_dtype"] = dtype
+    if resolved.vocabulary is not None:
+        vocabulary = resolved.vocabulary.vocabulary
+        config["reformer_tools"]["vocabulary"] = {
+            "type": vocabulary.type,
+            "reserved_ids": vocabulary.reserved_ids,
+            "extra_ids": vocabulary.extra_ids,
+            "file": None if vocabulary.source is None else vocabulary.source.name,
+            "sha256": vocabulary.sha256,
+            "source": resolved.vocabulary.source,
+        }
+    return _dump(config)
+
+
+def generation_config_json(resolved: ResolvedConfig) -> bytes:
+    """generation_config.json: the special ids generation needs; greedy, without the cache (see README)."""
+    spec = resolved.spec.to_config_dict()
+    payload: dict[str, Any] = {"_from_model_config": False, "use_cache": False}
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        if spec.get(key) is not None:
+            payload[key] = spec[key]
+    return _dump(payload)
+
+
+def tokenizer_files(resolved: ResolvedConfig) -> dict[str, bytes]:
+    if resolved.vocabulary is None:
+        return {}
+    from reformer_tools.tokenizer_files import tokenizer_files as files
+
+    spec = resolved.spec
+    return files(
+        resolved.vocabulary.vocabulary, model_max_length=spec.max_position_embeddings, vocab_size=spec.vocab_size
+    )
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Figures a card reports when the conversion was checked before it was written (``convert --verify``)."""
+
+    numerics: dict[str, Any] | None = None
+    tokenizer: dict[str, Any] | None = None
+
+
+def model_card(
+    checkpoint: TraxCheckpoint,
+    resolved: ResolvedConfig,
+    *,
+    dtype: str | None,
+    verification: Verification | None = None,
+) -> bytes:
+    """README.md for the output directory: what it is, where it came from, what was assumed, how to use it."""
+    spec = resolved.spec
+    vocabulary = resolved.vocabulary
+    tags = ["reformer", "trax", "text-generation", "reformer-tools"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags:",
+        *(f"- {tag}" for tag in tags),
+        "---",
+        "",
+        "# Reformer converted from Trax",
+        "",
+        f"A `trax.models.ReformerLM` checkpoint converted for `transformers.ReformerModelWithLMHead` by "
+        f"reformer-tools {__version__}: {spec.num_layers} layers ({', '.join(spec.attn_layers)}), hidden size "
+        f"{spec.hidden_size}, {spec.num_attention_heads} heads of {spec.attention_head_size}, feed-forward "
+        f"{spec.feed_forward_size}, vocabulary {spec.vocab_size}, up to {spec.max_position_embeddings} positions.",
+        "",
+        "## Source",
+        "",
+        f"- Trax format: `{checkpoint.format.value}` ({checkpoint.description})",
+        f"- Trax releases that write this: {resolved.releases}",
+    ]
+    if checkpoint.step is not None:
+        lines.append(f"- training step: {checkpoint.step}")
+    lines += ["", "| file | sha256 |", "|---|---|"]
+    lines += [f"| `{name}` | `{digest}` |" for name, digest in sorted(checkpoint.digests().items())]
+    lines += [
+        "",
+        "## Configuration",
+        "",
+        f"Taken from {resolved.description}.",
+    ]
+    if resolved.assumed:
+        lines += [
+            "",
+            "**Assumed values.** These were not in the checkpoint, a config.gin, a config.json or a `--set` option: "
+            "they are Trax's defaults for the releases above. If the model was trained with other values, it "
+            "computes something else, and no check on the weights can tell.",
+            "",
+            "| setting | value | why |",
+            "|---|---|---|",
+            *(
+                f"| `{key}` | `{json.dumps(list(a.value) if isinstance(a.value, tuple) else a.value)}` | {a.why} |"
+                for key, a in resolved.assumed.items()
+            ),
+        ]
+    else:
+        lines += ["", "No value was assumed: every setting came from the checkpoint or a configuration given."]
+    lines += ["", "## Vocabulary", ""]
+    if vocabulary is None:
+        lines.append("No vocabulary was given, so this directory has no tokenizer: ids only.")
+    else:
+        from reformer_tools.tokenizer_files import known_divergences
+
+        lines.append(f"{vocabulary.vocabulary.describe()}, from {vocabulary.source}.")
+        divergences = known_divergences(vocabulary.vocabulary)
+        if divergences:
+            lines += ["", "Where the tokenizer can differ from Trax's encoder:", ""]
+            lines += [f"- {text}" for text in divergences]
+    lines += ["", "## Use", "", "```python", "from transformers import ReformerModelWithLMHead"]
+    if vocabulary is not None:
+        lines += [
+            "from transformers import AutoTokenizer",
+            "",
+            'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+            'model = ReformerModelWithLMHead.from_pretrained("PATH")',
+            "# The tokenizer starts every text with id 0: Trax's ReformerLM shifts its input right, so its",
+            "# first position always sees 0.",
+            'inputs = tokenizer("Your text", return_tensors="pt")',
+            "output = model.generate(**inputs, max_new_tokens=20, do_sample=False)",
+            "print(tokenizer.decode(output[0], skip_special_tokens=True))",
+        ]
+    else:
+        lines += [
+            "import torch",
+            "",
+            'model = ReformerModelWithLMHead.from_pretrained("PATH")',
+            "# Trax's ReformerLM shifts its input right: feed [0] + ids to get Trax's prediction after ids.",
+            "ids = torch.tensor([[0, 5, 6, 7]])",
+            "log_probs = model(ids).logits.log_softmax(-1)",
+        ]
+    lines.append("```")
+    if dtype in ("float16", "bfloat16"):
+        lines += [
+            "",
+            f"The weights are stored as {dtype}. Hugging Face keeps the axial position weights in float32, so load "
+            f"with `ReformerModelWithLMHead.from_pretrained(PATH, dtype=torch.float32)` to run on a CPU (or "
+            f"`.to(torch.{dtype})` on a device that computes in {dtype}).",
+        ]
+    if verification is not None and (verification.numerics or verification.tokenizer):
+        lines += ["", "## Verification", ""]
+        if verification.numerics is not None:
+            n = verification.numerics
+            lines.append(
+                f"- Outputs: on {n['batch_size']} x {n['sequence_length']} tokens, max abs difference of "
+                f"log-probabilities from an independent NumPy implementation of Trax's ReformerLM: "
+                f"{n['max_abs_diff']:.3g} (tolerance {n['atol']:g}). {n['proved']}."
+            )
+        if verification.tokenizer is not None:
+            t = verification.tokenizer
+            lines.append(
+                f"- Tokenizer: {t['ids_equal']} of {t['texts']} texts give Trax's ids, {t['decodings_equal']} decode "
+                "as Trax decodes."
+            )
+    lines += ["", f"Converted with reformer-tools {__version__}.", ""]
+    return "\n".join(lines).encode("utf-8")
