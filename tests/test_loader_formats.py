@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from reformer_tools.convert import run_conversion
+from reformer_tools.convert import write_conversion
 from reformer_tools.loader import CheckpointFormat, TraxCheckpoint, load_checkpoint, scan_globals
 from reformer_tools.mapper import plan
+from reformer_tools.resolve import ResolvedConfig
 from reformer_tools.spec import ReformerSpec, load_spec
 from tests import trax_writer as tw
 from tests.conftest import TRAX_FIXTURES, fixture_checkpoints
@@ -514,7 +515,7 @@ def test_plans_and_converts_to_exactly_the_mapped_source_arrays(case: Case, tmp_
     assert sorted(a.leaf.index for a in planned.assignments) == list(range(len(source)))
 
     out = tmp_path / "model.safetensors"
-    result = run_conversion(checkpoint, case.spec, out)
+    result = write_conversion(checkpoint, ResolvedConfig.given(case.spec), out)
 
     tensors = read_safetensors(out)
     expected = {
