@@ -12,27 +12,14 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from reformer_tools.dtypes import BY_SAFETENSORS, DTYPES
 from reformer_tools.errors import UnreadableCheckpointError
-from reformer_tools.safetensors_writer import SAFETENSORS_DTYPES, read_header
-
-_NUMPY_STORAGE: Final = {
-    "F64": ("float64", "<f8"),
-    "F32": ("float32", "<f4"),
-    "F16": ("float16", "<f2"),
-    "BF16": ("bfloat16", "<u2"),
-    "I64": ("int64", "<i8"),
-    "I32": ("int32", "<i4"),
-    "I16": ("int16", "<i2"),
-    "I8": ("int8", "i1"),
-    "U8": ("uint8", "u1"),
-    "BOOL": ("bool", "?"),
-}
-assert set(_NUMPY_STORAGE) == set(SAFETENSORS_DTYPES.values())
+from reformer_tools.safetensors_writer import read_header
 
 
 @dataclass(frozen=True)
@@ -60,7 +47,7 @@ class ConvertedModel:
         stored = self.tensors[key]
         if stored.array is not None:
             return stored.array
-        storage = np.dtype(_NUMPY_STORAGE[_safetensors_name(stored.dtype)][1])
+        storage = DTYPES[stored.dtype].storage
         count = math.prod(stored.shape)
         if count == 0:
             return np.empty(stored.shape, dtype=storage)
@@ -69,10 +56,6 @@ class ConvertedModel:
 
     def items(self) -> Iterator[tuple[str, StoredTensor]]:
         yield from self.tensors.items()
-
-
-def _safetensors_name(dtype: str) -> str:
-    return SAFETENSORS_DTYPES[dtype]
 
 
 def open_converted(path: Path) -> ConvertedModel:
@@ -109,18 +92,16 @@ def _read_safetensors(path: Path) -> dict[str, StoredTensor]:
     with open(path, "rb") as file:
         data_start, header = read_header(file)
     size = path.stat().st_size
-    by_name = {name: logical for logical, name in SAFETENSORS_DTYPES.items()}
     tensors = {}
     for key, entry in header.items():
         if key == "__metadata__":
             continue
-        dtype = by_name.get(entry.get("dtype"))
+        dtype = BY_SAFETENSORS.get(entry.get("dtype"))
         if dtype is None:
             raise ValueError(f"tensor {key!r} has an unknown dtype {entry.get('dtype')!r}")
         shape = tuple(entry["shape"])
         start, end = (data_start + offset for offset in entry["data_offsets"])
-        itemsize = np.dtype(_NUMPY_STORAGE[entry["dtype"]][1]).itemsize
-        if end - start != math.prod(shape) * itemsize or end > size:
+        if end - start != math.prod(shape) * DTYPES[dtype].itemsize or end > size:
             raise ValueError(f"tensor {key!r}: its byte range does not match its shape")
         tensors[key] = StoredTensor(path, dtype, shape, start, end)
     return tensors

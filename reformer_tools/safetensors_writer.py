@@ -18,21 +18,10 @@ from typing import Any, BinaryIO, Final
 import numpy as np
 import numpy.typing as npt
 
-from reformer_tools.sizes import dtype_itemsize
+from reformer_tools.dtypes import DTYPES, itemsize
 
 #: Logical dtype -> safetensors dtype name.
-SAFETENSORS_DTYPES: Final = {
-    "float64": "F64",
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "int64": "I64",
-    "int32": "I32",
-    "int16": "I16",
-    "int8": "I8",
-    "uint8": "U8",
-    "bool": "BOOL",
-}
+SAFETENSORS_DTYPES: Final = {name: info.safetensors for name, info in DTYPES.items() if info.safetensors is not None}
 _WIDEST_NAME: Final = max(SAFETENSORS_DTYPES.values(), key=len)
 _WIDEST_ITEMSIZE: Final = 8
 _ALIGNMENT: Final = 8
@@ -61,7 +50,7 @@ def reserved_header_size(specs: Sequence[TensorSpec], metadata: Mapping[str, str
         position = 0
         for spec in specs:
             assert spec.dtype is not None
-            end = position + math.prod(spec.shape) * dtype_itemsize(spec.dtype)
+            end = position + math.prod(spec.shape) * itemsize(spec.dtype)
             offsets.append((spec.key, SAFETENSORS_DTYPES[spec.dtype], spec.shape, position, end))
             position = end
     else:
@@ -124,7 +113,7 @@ def split_shards(specs: Sequence[TensorSpec], max_bytes: int) -> list[list[Tenso
     size = 0
     for spec in specs:
         assert spec.dtype is not None, "sharding needs every dtype"
-        nbytes = math.prod(spec.shape) * dtype_itemsize(spec.dtype)
+        nbytes = math.prod(spec.shape) * itemsize(spec.dtype)
         if shards[-1] and size + nbytes > max_bytes:
             shards.append([])
             size = 0

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-import numpy as np
-
+from reformer_tools import dtypes
 from reformer_tools.errors import UsageError
 
 _SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
@@ -28,8 +27,8 @@ def parse_size(text: str) -> int:
 
 
 def dtype_itemsize(dtype: str) -> int:
-    """Bytes per element of a logical dtype name ("bfloat16" included, which numpy lacks)."""
-    return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+    """Bytes per element of a logical dtype name: :func:`reformer_tools.dtypes.itemsize` (kept for its importers)."""
+    return dtypes.itemsize(dtype)
 
 
 def format_size(n: int | None, *, binary: bool = False) -> str:
