@@ -1,13 +1,4 @@
-"""A gzip reader built for large checkpoints: a worker thread, big chunks, optional ISA-L.
-
-``gzip.GzipFile`` inflates in ~8 KiB steps through several Python layers, in
-the caller's thread. This reader inflates in a worker thread (zlib and ISA-L
-release the GIL), a few megabytes ahead of the consumer, so reading the file,
-hashing it and inflating overlap with whatever the caller does with the bytes.
-It uses ISA-L's inflate (python-isal, about twice as fast as zlib) when
-installed, checks every member's CRC and length (the decompressor does, in gzip
-mode), and reads concatenated members and trailing zero padding like ``gzip``.
-"""
+"""A gzip reader for large checkpoints: inflated ahead in a worker thread, with ISA-L when installed."""
 
 from __future__ import annotations
 
@@ -30,47 +21,74 @@ except ImportError:  # pragma: no cover - exercised where isal has no wheel
 _GZIP_WBITS: Final = 31  # zlib: expect a gzip header and trailer
 _CHUNK: Final = 4 << 20
 _AHEAD: Final = 2  # decompressed pieces queued ahead of the consumer (~8 MiB)
-
-INFLATE_BACKEND: Final = "isal" if _inflate_module is not zlib else "zlib"
+GZIP_MAGIC: Final = b"\x1f\x8b"
+_DEFLATE: Final = 8  # the only compression method RFC 1952 defines
+_RESERVED_FLAGS: Final = 0xE0  # FLG bits 5-7: "reserved, must be zero"
 
 
 class GzipError(Exception):
     """The gzip data is corrupt or truncated."""
 
 
+def _check_header(data: bytes) -> None:
+    """The first bytes of a member: zlib would inflate one whose reserved flag bits are set."""
+    if data[:2] != GZIP_MAGIC:
+        raise GzipError("trailing garbage after the gzip data")
+    if len(data) < 4:
+        raise GzipError("truncated gzip stream (it ends inside a member's header)")
+    if data[2] != _DEFLATE:
+        raise GzipError(f"unsupported gzip compression method {data[2]}")
+    if data[3] & _RESERVED_FLAGS:
+        raise GzipError(f"gzip header sets reserved flag bits (0x{data[3] & _RESERVED_FLAGS:02x}); refusing it")
+
+
 def inflate_members(raw: BinaryIO, inflate: Any = _inflate_module) -> Iterator[bytes]:
     """Decompressed pieces of every gzip member in ``raw``, in order."""
-    decompressor = inflate.decompressobj(_GZIP_WBITS)
     pending = b""
+    first = True
     while True:
-        if decompressor.eof:
-            # Between members gzip allows zero padding; then another member or the end.
-            pending = decompressor.unused_data + pending
-            while len(pending := pending.lstrip(b"\0")) < 2:
-                more = raw.read(_CHUNK)
-                if not more:
-                    if pending:
-                        raise GzipError("trailing garbage after the gzip data")
-                    return
-                pending += more
-            if pending[:2] != b"\x1f\x8b":
-                raise GzipError("trailing garbage after the gzip data")
-            decompressor = inflate.decompressobj(_GZIP_WBITS)
-        source = decompressor.unconsumed_tail or pending or raw.read(_CHUNK)
-        if not source:
-            raise GzipError("truncated gzip stream (it ends before its end marker)")
-        if source is pending:
-            pending = b""
-        try:
-            piece: bytes = decompressor.decompress(source, _CHUNK)
-        except (zlib.error, inflate.error) as error:
-            raise GzipError(f"corrupt gzip data ({error})") from None
-        if piece:
-            yield piece
+        # A member starts here. After the first, gzip allows zero padding, then another member or the end.
+        while len(pending) < 4:
+            if not first:
+                pending = pending.lstrip(b"\0")
+            more = raw.read(_CHUNK)
+            if not more:
+                break
+            pending += more
+        if not first:
+            pending = pending.lstrip(b"\0")
+            if not pending:
+                return
+        _check_header(pending)
+        first = False
+        decompressor = inflate.decompressobj(_GZIP_WBITS)
+        while not decompressor.eof:
+            source = decompressor.unconsumed_tail or pending or raw.read(_CHUNK)
+            if not source:
+                raise GzipError("truncated gzip stream (it ends before its end marker)")
+            if source is pending:
+                pending = b""
+            try:
+                piece: bytes = decompressor.decompress(source, _CHUNK)
+            except (zlib.error, inflate.error) as error:
+                raise GzipError(f"corrupt gzip data ({error})") from None
+            if piece:
+                yield piece
+        pending = decompressor.unused_data + pending
 
 
 class GzipReader(io.RawIOBase):
-    """Raw reader of the decompressed bytes, inflated ahead in a worker; wrap it in ``io.BufferedReader``."""
+    """Raw reader of the decompressed bytes, inflated ahead in a worker; wrap it in ``io.BufferedReader``.
+
+    ``gzip.GzipFile`` inflates in ~8 KiB steps through several Python layers, in
+    the caller's thread. This reader inflates in a worker thread (zlib and ISA-L
+    release the GIL), a few megabytes ahead of the consumer, so reading the file,
+    hashing it and inflating overlap with whatever the caller does with the bytes.
+    It uses ISA-L's inflate (python-isal, about twice as fast as zlib) when
+    installed, checks every member's header (RFC 1952: deflate, reserved flags
+    zero), CRC and length, and reads concatenated members and trailing zero
+    padding like ``gzip``.
+    """
 
     def __init__(self, raw: BinaryIO, inflate: Any = _inflate_module) -> None:
         self._raw = raw

@@ -370,3 +370,21 @@ def test_a_bad_config(content: str | None, needle: str, tmp_path: Path) -> None:
     else:
         config.write_bytes(content.encode("utf-8", "surrogateescape"))
     assert_fails_cleanly(tmp_path, LOCAL / "model.pkl", 2, str(config), needle, config=config)
+
+
+# ------------------------------------------------------------------ gzip headers
+
+
+@pytest.mark.parametrize(("byte", "value", "needle"), [(3, 0x20, "reserved flag bits"), (2, 7, "compression method 7")])
+def test_gzip_headers_outside_rfc_1952_are_refused(byte: int, value: int, needle: str, tmp_path: Path) -> None:
+    # zlib inflates a member whose reserved FLG bits are set; RFC 1952 says they must be zero.
+    data = bytearray((LOCAL / "trainer_lib" / "model.pkl.gz").read_bytes())
+    data[byte] = data[byte] | value if byte == 3 else value
+    path = tmp_path / "model.pkl.gz"
+    path.write_bytes(bytes(data))
+    assert_fails_cleanly(tmp_path, path, 3, str(path), needle)
+    # In a later member too: every member's header is checked.
+    second = bytearray(gzip.compress(b"", 1))
+    second[3] |= 0x40
+    path.write_bytes((LOCAL / "trainer_lib" / "model.pkl.gz").read_bytes() + bytes(second))
+    assert_fails_cleanly(tmp_path, path, 3, str(path), "reserved flag bits")
