@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +20,13 @@ import numpy.typing as npt
 from reformer_tools.dtypes import BY_SAFETENSORS, DTYPES
 from reformer_tools.errors import UnreadableCheckpointError
 from reformer_tools.safetensors_writer import read_header
+from reformer_tools.untrusted import printable, shown
+
+_KINDS: Final = "a model directory, a .safetensors file or a .bin file"
+
+
+class NotConverted(ValueError):
+    """The path is not a converted model at all (a text file given as CONVERTED, ...)."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,11 @@ def open_converted(path: Path) -> ConvertedModel:
         if path.suffix == ".bin":
             return ConvertedModel(path, _read_bin(path), None)
         return ConvertedModel(path, _read_safetensors(path), None)
+    except NotConverted as error:
+        raise UnreadableCheckpointError(f"{path}: not a converted model ({_KINDS}): {error}") from None
     except (OSError, ValueError) as error:
-        raise UnreadableCheckpointError(f"{path}: cannot read the converted model ({error})") from None
+        message = printable(str(error), 300)
+        raise UnreadableCheckpointError(f"{path}: cannot read the converted model ({message})") from None
 
 
 def _open_directory(path: Path) -> ConvertedModel:
@@ -89,21 +99,38 @@ def _open_directory(path: Path) -> ConvertedModel:
 
 
 def _read_safetensors(path: Path) -> dict[str, StoredTensor]:
-    with open(path, "rb") as file:
-        data_start, header = read_header(file)
     size = path.stat().st_size
+    with open(path, "rb") as file:
+        prefix = file.read(9)
+        length = int.from_bytes(prefix[:8], "little")
+        # A safetensors file is [u64 length][JSON object][data]: anything else is not one.
+        if len(prefix) < 9 or length > size - 8 or prefix[8:9] != b"{":
+            suffix = f"a {path.suffix} file" if path.suffix and path.suffix != ".safetensors" else "this file"
+            raise NotConverted(f"{suffix} does not start like a safetensors file")
+        file.seek(0)
+        data_start, header = read_header(file)
     tensors = {}
     for key, entry in header.items():
         if key == "__metadata__":
             continue
-        dtype = BY_SAFETENSORS.get(entry.get("dtype"))
+        if not isinstance(entry, dict):
+            raise ValueError(f"tensor {shown(key)} has no dtype, shape and offsets")
+        dtype = BY_SAFETENSORS.get(entry.get("dtype"))  # type: ignore[arg-type]
         if dtype is None:
-            raise ValueError(f"tensor {key!r} has an unknown dtype {entry.get('dtype')!r}")
-        shape = tuple(entry["shape"])
-        start, end = (data_start + offset for offset in entry["data_offsets"])
+            raise ValueError(f"tensor {shown(key)} has an unknown dtype {shown(entry.get('dtype'), 20)}")
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not (
+            isinstance(shape, list)
+            and all(type(d) is int and d >= 0 for d in shape)
+            and isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int and o >= 0 for o in offsets)
+        ):
+            raise ValueError(f"tensor {shown(key)}: malformed shape or data offsets")
+        start, end = (data_start + offset for offset in offsets)
         if end - start != math.prod(shape) * DTYPES[dtype].itemsize or end > size:
-            raise ValueError(f"tensor {key!r}: its byte range does not match its shape")
-        tensors[key] = StoredTensor(path, dtype, shape, start, end)
+            raise ValueError(f"tensor {shown(key)}: its byte range does not match its shape")
+        tensors[key] = StoredTensor(path, dtype, tuple(shape), start, end)
     return tensors
 
 

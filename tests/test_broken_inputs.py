@@ -388,3 +388,18 @@ def test_gzip_headers_outside_rfc_1952_are_refused(byte: int, value: int, needle
     second[3] |= 0x40
     path.write_bytes((LOCAL / "trainer_lib" / "model.pkl.gz").read_bytes() + bytes(second))
     assert_fails_cleanly(tmp_path, path, 3, str(path), "reserved flag bits")
+
+
+# ------------------------------------------------------------------ converted models
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("notes.txt", b"These are my notes about the run.\n"), ("model.safetensors", b"\x05\x00\x00\x00"), ("x", b"{}")],
+)
+def test_verify_names_what_is_not_a_converted_model(name: str, content: bytes, tmp_path: Path) -> None:
+    # A text file read as safetensors once said "safetensors header is implausibly large".
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = invoke(["verify", LOCAL / "model.pkl", path, "--config", CONFIG])
+    assert_one_error_line(result, 3, f"{path}: not a converted model (a model directory, a .safetensors file or a .bin")
