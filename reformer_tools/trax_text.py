@@ -303,11 +303,13 @@ class TokenizerCheck:
     #: Texts that differ exactly as ``tokenizer_files.text_divergence`` predicts (the first names why).
     documented: int = 0
     documented_reason: str | None = None
+    #: Why the written tokenizer could not even be loaded (nothing else was compared then).
+    load_error: str | None = None
 
     @property
     def ok(self) -> bool:
-        """Every text the tokenizer can represent exactly gives Trax's ids and decoding."""
-        return self.first_id_mismatch is None and self.first_decoding_mismatch is None
+        """The tokenizer loads, and every text it can represent exactly gives Trax's ids and decoding."""
+        return self.load_error is None and self.first_id_mismatch is None and self.first_decoding_mismatch is None
 
     def to_json(self) -> dict[str, Any]:
         payload = asdict(self)
@@ -325,7 +327,11 @@ def check_tokenizer(directory: Path, vocab: Vocabulary, texts: Sequence[str] = S
 
     from reformer_tools.tokenizer_files import text_divergence
 
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as error:  # a damaged tokenizer.json fails in many ways, some of them untyped
+        reason = printable(" ".join(f"{type(error).__name__}: {error}".split()), 300)
+        return TokenizerCheck(vocab.type, len(texts), 0, 0, load_error=reason)
     encoder = trax_encoder(vocab)
     ids_equal = decodings_equal = documented = 0
     documented_reason: str | None = None

@@ -26,6 +26,8 @@ from reformer_tools.spec import ReformerSpec, spec_from_dict
 if TYPE_CHECKING:
     from reformer_tools.numerics import NumericsReport
     from reformer_tools.resolve import ResolvedConfig
+    from reformer_tools.trax_text import TokenizerCheck
+    from reformer_tools.vocab import Vocabulary
 
 #: Config fields that change the weights' shapes or the forward pass.
 NUMERIC_FIELDS: Final = (
@@ -128,6 +130,8 @@ class VerifyReport:
     converted: ConvertedReport | None = None
     numerics: NumericsReport | None = None
     numerics_skipped: str | None = None  # why --numerics could not run
+    tokenizer: TokenizerCheck | None = None
+    tokenizer_skipped: str | None = None  # why the tokenizer was not checked (none written, no vocabulary known)
 
     @property
     def failed_audits(self) -> list[ArrayAudit]:
@@ -141,6 +145,7 @@ class VerifyReport:
             and (self.converted is None or self.converted.ok)
             and (self.numerics is None or self.numerics.ok)
             and self.numerics_skipped is None
+            and (self.tokenizer is None or self.tokenizer.ok)
         )
 
     @property
@@ -172,6 +177,8 @@ class VerifyReport:
             "converted": None if self.converted is None else self.converted.to_json(),
             "numerics": None if self.numerics is None else self.numerics.to_json(),
             "numerics_skipped": self.numerics_skipped,
+            "tokenizer": None if self.tokenizer is None else self.tokenizer.to_json(),
+            "tokenizer_skipped": self.tokenizer_skipped,
         }
 
 
@@ -320,3 +327,51 @@ def verify_numerics(
     report.numerics = compare_numerics(
         leaves, report.resolved.spec, model, input_ids, atol=atol, seed=seed, assumed=report.resolved.assumed_values
     )
+
+
+#: A text file given with --text: its lines, and the whole file as one text. Real samples are small.
+MAX_TEXT_BYTES: Final = 16 * 1024 * 1024
+
+
+def read_texts(path: Path) -> list[str]:
+    """The texts in a UTF-8 file: every line (without its newline) and the whole file."""
+    from reformer_tools.spec import read_config_file
+
+    data = read_config_file(path, "text file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    return [*text.splitlines(), text]
+
+
+def output_vocabulary(directory: Path, config: dict[str, Any] | None) -> Vocabulary | None:
+    """The vocabulary a converted directory's tokenizer was written from, as its config.json records it."""
+    from reformer_tools.vocab import load_vocabulary
+
+    recorded = (config or {}).get("reformer_tools", {}).get("vocabulary") if isinstance(config, dict) else None
+    if not isinstance(recorded, dict):
+        return None
+    name = recorded.get("file")
+    copies = {
+        "sentencepiece": "spiece.model",
+        "subword": "vocab.subword",
+        "bert": "vocab.txt",
+        "bert-lowercase": "vocab.txt",
+    }
+    vocab_type = recorded.get("type")
+    path = None if vocab_type == "char" or name is None else directory / copies.get(str(vocab_type), str(name))
+    return load_vocabulary(path, vocab_type, int(recorded.get("reserved_ids", 0)), int(recorded.get("extra_ids", 0)))
+
+
+def verify_tokenizer(report: VerifyReport, directory: Path, vocabulary: Vocabulary | None, texts: list[str]) -> None:
+    """The written tokenizer against an independent implementation of Trax's encoder, on ``texts``."""
+    from reformer_tools.trax_text import check_tokenizer
+
+    if not (directory / "tokenizer.json").is_file():
+        report.tokenizer_skipped = "the converted model has no tokenizer (it was converted without a vocabulary)"
+        return
+    if vocabulary is None:
+        report.tokenizer_skipped = "no vocabulary to check the tokenizer against: give --vocab"
+        return
+    report.tokenizer = check_tokenizer(directory, vocabulary, texts)

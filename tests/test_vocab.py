@@ -279,12 +279,12 @@ def test_check_tokenizer_on_the_sample(tmp_path: Path) -> None:
     assert report.ok
     assert report.texts == len(SAMPLE_TEXTS)
     report = check_tokenizer(write(vocabulary("subword"), tmp_path / "subword"), vocabulary("subword"))
-    assert not report.ok
-    assert report.first_id_mismatch is not None
-    assert text_divergence(vocabulary("subword"), report.first_id_mismatch)
+    assert report.ok  # every text that differs is one the documented divergence predicts
+    assert report.documented > 0
+    assert report.ids_equal + report.documented >= report.texts
+    assert "outside the alphabet" in (report.documented_reason or "")
     payload = report.to_json()
-    assert payload["ok"] is False
-    assert isinstance(payload["expected_ids"], list)
+    assert payload["documented"] == report.documented
     json.dumps(payload)
 
 
@@ -308,11 +308,16 @@ print(type(tok).__name__)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@cache
 def _fast(name: str) -> Any:
-    from tokenizers import Tokenizer
+    """The tokenizer as transformers loads it (from tokenizer_config.json too: special tokens are never
+    matched in text, which the bare tokenizers library would do with '<EOS>')."""
+    import tempfile
 
-    files = tokenizer_files(vocabulary(name), model_max_length=None, vocab_size=vocabulary(name).size)
-    return Tokenizer.from_str(files["tokenizer.json"].decode("utf-8"))
+    from transformers import AutoTokenizer
+
+    directory = write(vocabulary(name), Path(tempfile.mkdtemp(prefix=f"tokenizer-{name}-")))
+    return AutoTokenizer.from_pretrained(str(directory))
 
 
 SUBWORD_POOL = [
@@ -335,7 +340,7 @@ SUBWORD_POOL = [
 def test_subword_differs_only_where_stated(text: str) -> None:
     tokenizer = _fast("subword")
     encoder = trax_encoder(vocabulary("subword"))
-    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    ids = tokenizer(text, add_special_tokens=False).input_ids
     if text_divergence(vocabulary("subword"), text) is None:
         assert ids == encoder.encode(text)
         assert tokenizer.decode(ids, skip_special_tokens=False) == encoder.decode(ids) == text
@@ -345,7 +350,7 @@ def test_subword_differs_only_where_stated(text: str) -> None:
 @given(st.text(max_size=24))
 def test_char_is_exact_on_any_text(text: str) -> None:
     tokenizer = _fast("char2")
-    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    ids = tokenizer(text, add_special_tokens=False).input_ids
     assert ids == [b + 2 for b in text.encode("utf-8", "surrogatepass")]
     assert tokenizer.decode(ids) == text
 

@@ -32,6 +32,12 @@ if TYPE_CHECKING:
     help="--numerics: a .npy of token ids (batch, length), as Trax would be fed (default: random, seeded).",
 )
 @click.option("--seed", type=int, help="--numerics: seed for the ids and LSH hashing (default: fixed, reported).")
+@click.option(
+    "--text",
+    "text_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also check the converted tokenizer on this UTF-8 file: each line, and the whole file.",
+)
 def verify(
     common: CommonOptions,
     converted: Path | None,
@@ -39,6 +45,7 @@ def verify(
     atol: float | None,
     input_ids: Path | None,
     seed: int | None,
+    text_file: Path | None,
 ) -> None:
     """Check a checkpoint against its config, and a converted model against both.
 
@@ -59,6 +66,11 @@ def verify(
     cannot be proved by any check on the weights. LSH layers hash with the
     rotations Hugging Face draws for a fixed hash_seed, fed to both sides.
 
+    A converted directory's tokenizer is checked against an independent
+    implementation of Trax's encoder (the vocabulary it was written from, or
+    --vocab) on a built-in sample of texts and on --text: ids and decoding must
+    be Trax's, except where a documented divergence predicts otherwise.
+
     \b
     Examples:
       reformer-tools verify model.pkl.gz --config config.json
@@ -68,10 +80,11 @@ def verify(
     """
     from reformer_tools.converted import open_converted
     from reformer_tools.loader import as_float32
-    from reformer_tools.verification import verify_checkpoint, verify_numerics
+    from reformer_tools.verification import read_texts, verify_checkpoint, verify_numerics
 
     assert common.checkpoint is not None
     ids = _read_input_ids(input_ids) if input_ids is not None else None
+    texts = read_texts(text_file) if text_file is not None else []
     checkpoint = load(common, common.checkpoint)
     output = open_converted(converted) if converted is not None else None
     if common.config_path is None and output is not None and output.config is not None:
@@ -92,6 +105,17 @@ def verify(
     )
     if numerics:
         verify_numerics(report, float32_leaves, converted, ids, atol=atol, seed=seed)
+    if output is not None and output.path.is_dir():
+        from reformer_tools.trax_text import SAMPLE_TEXTS
+        from reformer_tools.verification import output_vocabulary, verify_tokenizer
+
+        vocabulary = resolved.vocabulary.vocabulary if resolved.vocabulary is not None else None
+        vocabulary = vocabulary or output_vocabulary(output.path, output.config)
+        verify_tokenizer(report, output.path, vocabulary, [*SAMPLE_TEXTS, *texts])
+    elif text_file is not None:
+        from reformer_tools.errors import UsageError
+
+        raise UsageError("--text checks a converted model directory's tokenizer: give CONVERTED, a directory")
     if common.as_json:
         from reformer_tools._console import emit_json
 
@@ -139,6 +163,7 @@ def _render(report: VerifyReport) -> None:
     if report.converted is not None:
         _render_converted(report)
     _render_numerics(report)
+    _render_tokenizer(report)
     if report.ok:
         checks = f"all {len(alignment.assignments)} arrays match the config and are finite"
         if report.converted is not None:
@@ -155,6 +180,7 @@ def _render(report: VerifyReport) -> None:
             + ("" if report.converted is None or report.converted.ok else ", converted output differs")
             + ("" if report.numerics is None or report.numerics.ok else ", numerics differ")
             + ("" if report.numerics_skipped is None else ", numerics not run")
+            + ("" if report.tokenizer is None or report.tokenizer.ok else ", tokenizer differs from Trax's")
         )
 
 
@@ -215,3 +241,31 @@ def _render_numerics(report: VerifyReport) -> None:
         out.print(f"  note: {sanitize(text)}")
     if numerics.ok:
         out.print(f"  proved: {sanitize(numerics.proved)}")
+
+
+def _render_tokenizer(report: VerifyReport) -> None:
+    from reformer_tools._console import out, sanitize
+
+    if report.tokenizer_skipped is not None:
+        out.print(f"tokenizer not checked: {sanitize(report.tokenizer_skipped)}")
+        return
+    check = report.tokenizer
+    if check is None:
+        return
+    if check.load_error is not None:
+        out.print(f"[red]tokenizer does not load[/]: {sanitize(check.load_error)}")
+        return
+    verdict = "[green]as Trax[/]" if check.ok else "[red]differs from Trax[/]"
+    out.print(
+        f"tokenizer ({check.vocab_type}) {verdict}: {check.ids_equal} of {check.texts} texts give Trax's ids, "
+        f"{check.decodings_equal} decode as Trax decodes"
+    )
+    if check.documented:
+        out.print(
+            f"  {check.documented} texts differ as documented for this vocabulary "
+            f"({sanitize(check.documented_reason or '')})"
+        )
+    if check.first_id_mismatch is not None:
+        out.print(f"  first text with other ids: {sanitize(repr(check.first_id_mismatch), 200)}")
+    if check.first_decoding_mismatch is not None:
+        out.print(f"  first text decoded otherwise: {sanitize(repr(check.first_decoding_mismatch), 200)}")
