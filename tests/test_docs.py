@@ -55,7 +55,25 @@ def test_exit_codes_table_lists_every_code() -> None:
 
 
 def test_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "run_conversion" in b]
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "write_conversion" in b]
     monkeypatch.chdir(tmp_path)
     exec(snippet.replace('"examples/', f'"{ROOT}/examples/'), {})
-    assert sorted(p.name for p in (tmp_path / "tiny-reformer-hf").iterdir()) == ["config.json", "model.safetensors"]
+    assert (tmp_path / "tiny-reformer-hf" / "model.safetensors").is_file()
+
+
+def test_the_module_table_names_every_module() -> None:
+    table = README[README.index("| module | role |") :]
+    modules = sorted(
+        p.name for p in (ROOT / "reformer_tools").glob("*.py") if p.name not in ("__init__.py", "__main__.py")
+    )
+    missing = [name for name in modules if f"`{name}`" not in table]
+    assert not missing, f"README's module table lacks {missing}"
+
+
+def test_the_configuration_page_is_linked_and_matches_the_defaults_table() -> None:
+    from reformer_tools.trax_defaults import DEFAULTS
+
+    assert "docs/configuration.md" in README
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for default in DEFAULTS:
+        assert f"`{default.key}`" in page, default.key
