@@ -1,41 +1,120 @@
-"""All-or-nothing output: nothing appears at the target until everything is written.
-
-Files are created as anonymous ``O_TMPFILE`` inodes where Linux allows it, so a
-process killed mid-write (even by SIGKILL) leaves nothing on disk; elsewhere
-they are hidden temporary names removed on any failure. ``commit`` links the
-files into place and only then replaces an existing target (``force``).
-"""
+"""All-or-nothing output: a file or a directory appears complete or not at all, replacing only what was checked."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import secrets
 import shutil
+import stat
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Literal
 
 from reformer_tools.errors import OutputError, UsageError
 
-#: Files a previous conversion may have written; a directory holding anything
-#: else is never deleted, even with --force.
+#: Files a previous conversion (or a user completing one: tokenizer, generation config, model card) may
+#: have put in an output directory; a directory holding anything else is never deleted, even with --force.
 OUTPUT_FILE_PATTERNS: Final = (
     "config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
     "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "*.model",  # SentencePiece
+    "vocab.txt",
+    "README.md",
 )
 
+_AT_FDCWD: Final = -100
+_RENAME_NOREPLACE: Final = 1
+_RENAME_EXCHANGE: Final = 2
 
-def _looks_like_previous_output(directory: Path) -> bool:
+
+class _NoRenameat2(Exception):
+    """The platform or file system has no renameat2 with the flags asked for."""
+
+
+def _load_renameat2() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     try:
-        names = [p.name for p in directory.iterdir()]
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function
+
+
+_renameat2 = _load_renameat2()
+
+
+def rename2(source: Path, destination: Path, flags: int) -> None:
+    """``renameat2(2)``; raises _NoRenameat2 where it (or the flag, on this file system) is unavailable."""
+    if _renameat2 is None:
+        raise _NoRenameat2
+    if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), flags) != 0:
+        code = ctypes.get_errno()
+        if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise _NoRenameat2
+        raise OSError(code, os.strerror(code), str(source), None, str(destination))
+
+
+def previous_output(directory: Path) -> tuple[str, ...] | None:
+    """The names in a previous conversion's directory, or None if it holds anything else (or is unreadable)."""
+    names = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not entry.is_file(follow_symlinks=False):
+                    return None
+                if not any(fnmatchcase(entry.name, pattern) for pattern in OUTPUT_FILE_PATTERNS):
+                    return None
+                names.append(entry.name)
     except OSError:
-        return False
-    return all(
-        name in OUTPUT_FILE_PATTERNS or (name.startswith("model-") and name.endswith(".safetensors")) for name in names
-    )
+        return None
+    return tuple(sorted(names))
+
+
+_Kind = Literal["empty directory", "previous output", "file"]
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What is at the target and may be replaced: exactly this inode, holding exactly these names."""
+
+    kind: _Kind
+    device: int
+    inode: int
+    names: tuple[str, ...] = ()
+    written: tuple[int, int] = (0, 0)  # a file's (mtime_ns, size): a freed inode number is soon reused
+
+    @classmethod
+    def of(
+        cls,
+        kind: _Kind,
+        status: os.stat_result,
+        names: tuple[str, ...] = (),
+    ) -> _Checked:
+        written = (status.st_mtime_ns, status.st_size) if kind == "file" else (0, 0)
+        return cls(kind, status.st_dev, status.st_ino, names, written)
+
+    def matches(self, path: Path) -> bool:
+        """Whether ``path`` is still the thing checked (same inode, same kind, same contents)."""
+        try:
+            status = os.lstat(path)
+        except OSError:
+            return False
+        if (status.st_dev, status.st_ino) != (self.device, self.inode):
+            return False
+        if self.kind == "file":
+            return not stat.S_ISDIR(status.st_mode) and (status.st_mtime_ns, status.st_size) == self.written
+        return stat.S_ISDIR(status.st_mode) and previous_output(path) == self.names
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -53,36 +132,57 @@ class _Pending:
 
 
 class AtomicOutput:
-    """A file or a directory of files that appears complete, or not at all."""
+    """A file or a directory of files that appears complete, or not at all.
+
+    Files are created as anonymous ``O_TMPFILE`` inodes where Linux allows it, so a
+    process killed mid-write (even by SIGKILL) leaves nothing on disk; elsewhere
+    they are hidden temporary names removed on any failure. ``commit`` links the
+    files into place with a rename that cannot replace what is there
+    (``renameat2(RENAME_NOREPLACE)``; ``mkdir`` then ``link`` where that is
+    missing). An existing empty directory is replaced only while it is still
+    empty; a previous conversion (``force``) is swapped out (``RENAME_EXCHANGE``)
+    and deleted only if what came out is exactly what was checked.
+    """
 
     def __init__(self, target: Path, *, directory: bool, force: bool, protected: tuple[Path, ...] = ()) -> None:
         self.target = target
         self.directory = directory
         self.force = force
-        self._check_target(protected)
+        self._replacing = self._check_target(protected)
         self._workdir = _nearest_existing(target.parent)
         self._files: list[_Pending] = []
-        self._committed = False
 
-    def _check_target(self, protected: tuple[Path, ...]) -> None:
+    def _check_target(self, protected: tuple[Path, ...]) -> _Checked | None:
+        """Refuse a target that may not be written; return what is there that commit may replace."""
         resolved = self.target.resolve()
         for path in protected:
             with contextlib.suppress(OSError):
                 if resolved == path.resolve() or (self.directory and path.resolve().is_relative_to(resolved)):
                     raise UsageError(f"{self.target}: the output would overwrite the input {path}")
-        if not self.target.exists() and not self.target.is_symlink():
-            return
-        if not self.force:
-            raise UsageError(f"{self.target}: already exists; pass --force to replace it")
-        if self.target.is_dir() and not self.target.is_symlink():
+        try:
+            status = os.lstat(self.target)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise OutputError(f"{self.target}: {error.strerror or error}") from None
+        if stat.S_ISDIR(status.st_mode):
+            names = previous_output(self.target)
+            if self.directory and names == ():  # an empty directory: nothing to lose
+                return _Checked.of("empty directory", status)
+            if not self.force:
+                raise UsageError(f"{self.target}: already exists; pass --force to replace it")
             if not self.directory:
                 raise UsageError(f"{self.target}: is a directory; refusing to replace it with a file")
-            if not _looks_like_previous_output(self.target):
+            if names is None:
                 raise UsageError(
                     f"{self.target}: holds files other than a converted model; refusing to delete it even with --force"
                 )
-        elif self.directory:
+            return _Checked.of("previous output", status, names)
+        if not self.force:
+            raise UsageError(f"{self.target}: already exists; pass --force to replace it")
+        if self.directory:
             raise UsageError(f"{self.target}: is a file; refusing to replace it with a directory")
+        return _Checked.of("file", status)
 
     def open(self, name: str) -> BinaryIO:
         """A new writable, seekable file that will be ``name`` in the output."""
@@ -102,12 +202,11 @@ class AtomicOutput:
         return file
 
     def commit(self) -> None:
-        """Put every file in place; replace an existing target only now."""
+        """Put every file in place, replacing only what was checked when this output was created."""
         try:
             self._commit()
         except OSError as error:
             raise OutputError(f"{self.target}: could not write the output ({error.strerror or error})") from None
-        self._committed = True
 
     def _commit(self) -> None:
         for pending in self._files:
@@ -117,20 +216,133 @@ class AtomicOutput:
         staging = self.target.parent / f".{self.target.name}.{secrets.token_hex(4)}.staging"
         if self.directory:
             staging.mkdir()
+            ours = os.lstat(staging).st_ino
             try:
                 for pending in self._files:
                     self._materialize(pending, staging / pending.name)
-                self._swap_in(staging)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
+                self._put_directory(staging)
+            finally:
+                # Only our own staging directory is ever removed here: after a swap, that name may
+                # hold what was at the target, which stays wherever it is if anything went wrong.
+                if _inode(staging) == ours:
+                    shutil.rmtree(staging, ignore_errors=True)
+            return
+        (pending,) = self._files
+        if self._replacing is None:
+            try:
+                self._materialize(pending, self.target)  # link(2) never replaces anything
+            except FileExistsError:
+                raise self._appeared() from None
+            return
+        self._materialize(pending, staging)
+        ours = os.lstat(staging).st_ino
+        try:
+            self._swap_file(staging)
+        finally:
+            if _inode(staging) == ours:
+                staging.unlink()
+
+    def _put_directory(self, staging: Path) -> None:
+        checked = self._replacing
+        if checked is None:
+            try:
+                rename2(staging, self.target, _RENAME_NOREPLACE)
+            except FileExistsError:
+                raise self._appeared() from None
+            except _NoRenameat2:
+                self._link_into_new_directory(staging)
+            return
+        if checked.kind == "empty directory":
+            # rename(2) replaces a directory only while it is empty: anything put in it since stops it here.
+            try:
+                os.rename(staging, self.target)
+            except OSError as error:
+                if error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise self._changed() from None
                 raise
-        else:
-            (pending,) = self._files
-            if not self.force:
-                self._materialize(pending, self.target)  # link(2) never overwrites
-                return
-            self._materialize(pending, staging)
+            return
+        self._swap_directory(staging, checked)
+
+    def _swap_directory(self, staging: Path, checked: _Checked) -> None:
+        """Exchange the new directory with the previous conversion; keep the swap only if the old one is unchanged."""
+        try:
+            rename2(staging, self.target, _RENAME_EXCHANGE)
+        except FileNotFoundError:  # the previous conversion went away meanwhile: nothing to replace
+            try:
+                rename2(staging, self.target, _RENAME_NOREPLACE)
+            except FileExistsError:
+                raise self._appeared() from None
+            return
+        except _NoRenameat2:
+            self._swap_directory_by_rename(staging, checked)
+            return
+        # ``staging`` now holds what was at the target.
+        if not checked.matches(staging):
+            rename2(staging, self.target, _RENAME_EXCHANGE)  # put it back, untouched
+            raise self._changed()
+        _remove_checked(staging, checked)
+
+    def _swap_directory_by_rename(self, staging: Path, checked: _Checked) -> None:
+        """Without renameat2: move the previous conversion aside, check it, move the new one in."""
+        aside = self.target.parent / f".{self.target.name}.{secrets.token_hex(4)}.old"
+        os.rename(self.target, aside)
+        if not checked.matches(aside):
+            os.rename(aside, self.target)
+            raise self._changed()
+        try:
+            os.rename(staging, self.target)  # fails if anything but an empty directory appeared there
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.rename(aside, self.target)
+            raise
+        _remove_checked(aside, checked)
+
+    def _link_into_new_directory(self, staging: Path) -> None:
+        """Without renameat2: mkdir(2) fails if the target exists, and link(2) never replaces a file."""
+        try:
+            self.target.mkdir()
+        except FileExistsError:
+            raise self._appeared() from None
+        linked: list[Path] = []
+        try:
+            for pending in self._files:
+                destination = self.target / pending.name
+                os.link(staging / pending.name, destination)
+                linked.append(destination)
+        except BaseException:
+            for path in linked:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            with contextlib.suppress(OSError):
+                self.target.rmdir()
+            raise
+
+    def _swap_file(self, staging: Path) -> None:
+        checked = self._replacing
+        assert checked is not None
+        try:
+            rename2(staging, self.target, _RENAME_EXCHANGE)
+        except FileNotFoundError:  # the file went away meanwhile
+            try:
+                rename2(staging, self.target, _RENAME_NOREPLACE)
+            except FileExistsError:
+                raise self._appeared() from None
+            return
+        except _NoRenameat2:
+            if not checked.matches(self.target):
+                raise self._changed() from None
             os.replace(staging, self.target)
+            return
+        if not checked.matches(staging):  # what came out is not the file that was checked
+            rename2(staging, self.target, _RENAME_EXCHANGE)
+            raise self._changed()
+        staging.unlink()  # the file that was checked, and nothing else
+
+    def _appeared(self) -> UsageError:
+        return UsageError(f"{self.target}: appeared while converting; left as it is, and nothing was written")
+
+    def _changed(self) -> UsageError:
+        return UsageError(f"{self.target}: changed while converting; left as it is, and nothing was written")
 
     def _materialize(self, pending: _Pending, destination: Path) -> None:
         if pending.temp_path is None:
@@ -142,21 +354,9 @@ class AtomicOutput:
             finally:
                 os.close(proc)
         else:
-            os.replace(pending.temp_path, destination)
+            os.link(pending.temp_path, destination)  # unlike rename, link never replaces a file
+            pending.temp_path.unlink()
             pending.temp_path = None
-
-    def _swap_in(self, staging: Path) -> None:
-        if not self.target.exists():
-            os.rename(staging, self.target)
-            return
-        old = self.target.parent / f".{self.target.name}.{secrets.token_hex(4)}.old"
-        os.rename(self.target, old)
-        try:
-            os.rename(staging, self.target)
-        except BaseException:
-            os.rename(old, self.target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
 
     def close(self) -> None:
         """Release every file; anything not committed disappears."""
@@ -173,3 +373,19 @@ class AtomicOutput:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_ino
+    except OSError:
+        return None
+
+
+def _remove_checked(directory: Path, checked: _Checked) -> None:
+    """Delete a replaced conversion: only the files that were checked, then the directory if that empties it."""
+    for name in checked.names:
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+    with contextlib.suppress(OSError):  # something new in it: it stays, under its hidden name
+        directory.rmdir()

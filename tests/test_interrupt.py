@@ -105,4 +105,4 @@ def test_the_same_conversion_completes_when_left_alone(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert {"config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
