@@ -352,10 +352,10 @@ def check_tokenizer(directory: Path, vocab: Vocabulary, texts: Sequence[str] = S
         decodings_equal += same_text
         if same_ids and same_text:
             continue
-        reason = text_divergence(vocab, text)
-        if reason is not None:
+        divergence = text_divergence(vocab, text)
+        if divergence is not None:
             documented += 1
-            documented_reason = documented_reason or reason
+            documented_reason = documented_reason or divergence
             continue
         if not same_ids and first_ids is None:
             first_ids, expected_ids, actual_ids = text, tuple(expected), tuple(actual)

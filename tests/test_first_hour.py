@@ -171,3 +171,23 @@ def test_shell_completion_is_documented() -> None:
 def test_the_quick_start_output_is_ignored_by_git() -> None:
     ignored = (Path(__file__).parent.parent / ".gitignore").read_text(encoding="utf-8").splitlines()
     assert "tiny-reformer-hf/" in ignored
+
+
+def test_bfloat16_outputs_say_how_to_load_them_and_verify_at_the_default_tolerance(tmp_path: Path) -> None:
+    mixed = TRAX_FIXTURES / "t141_mixed_axial"
+    out = tmp_path / "hf"
+    converted = invoke(
+        ["convert", mixed / "model.pkl", "--config", mixed / "config.json", "-o", out, "--dtype", "bfloat16"]
+    )
+    assert converted.exit_code == 0, converted.stderr
+    assert "dtype=torch.float32" in (out / "README.md").read_text(encoding="utf-8")
+    from transformers import ReformerModelWithLMHead
+
+    model = ReformerModelWithLMHead.from_pretrained(out, dtype=torch.float32)  # what the card says works on a CPU
+    assert model(torch.tensor([[0, 5, 6, 7]])).logits.shape == (1, 4, 320)
+    result = invoke(["verify", mixed / "model.pkl", out, "--numerics", "--json"])
+    assert result.exit_code == 0, result.stdout
+    numerics = json.loads(result.stdout)["numerics"]
+    assert numerics["atol"] == 1e-4
+    assert numerics["weights_dtype"] == "bfloat16"
+    assert any("rounded alike" in note for note in numerics["notes"])
