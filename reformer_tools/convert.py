@@ -25,12 +25,12 @@ import numpy as np
 import numpy.typing as npt
 
 from reformer_tools import __version__
+from reformer_tools.dtypes import cast, itemsize
 from reformer_tools.errors import MappingError, ReformerToolsError, UsageError
 from reformer_tools.loader import (
     CheckpointFormat,
     Leaf,
     TraxCheckpoint,
-    as_float32,
     is_gzip,
     load_checkpoint,
     side_file_candidates,
@@ -46,11 +46,9 @@ from reformer_tools.safetensors_writer import (
     shard_names,
     split_shards,
 )
-from reformer_tools.sizes import dtype_itemsize
 from reformer_tools.spec import ReformerSpec
 
 Array = npt.NDArray[Any]
-OUTPUT_DTYPES: Final = ("float32", "float16", "bfloat16")
 _PIPELINE_DEPTH: Final = 1  # tensors transformed ahead of the one being written
 _DIGEST_PLACEHOLDER: Final = "0" * 64
 _HASH_STEP: Final = 4 << 20
@@ -92,7 +90,7 @@ class PlannedTensor:
 
     @property
     def nbytes(self) -> int | None:
-        return None if self.dtype is None else math.prod(self.target_shape) * dtype_itemsize(self.dtype)
+        return None if self.dtype is None else math.prod(self.target_shape) * itemsize(self.dtype)
 
 
 @dataclass(frozen=True)
@@ -214,33 +212,6 @@ def plan_conversion(
         for key in a.slot.hf_keys
     ]
     return ConversionPlan(kind, tuple(tensors), streaming=False)
-
-
-# ------------------------------------------------------------------- dtypes
-
-
-def cast(array: Array, source: str, target: str) -> Array:
-    """Convert storage arrays between float dtypes the way torch rounds them."""
-    if source == target:
-        return array
-    if target == "float32":
-        return as_float32(array, source)
-    if target == "float16":
-        return (as_float32(array, source) if source == "bfloat16" else array).astype(np.float16)
-    if target == "bfloat16":
-        return float32_to_bfloat16_bits(as_float32(array, source))
-    raise UsageError(f"cannot convert to {target}")
-
-
-def float32_to_bfloat16_bits(array: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
-    """Round to nearest even, NaNs kept quiet: torch's float -> bfloat16."""
-    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
-    rounded = (bits + (np.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16
-    out = rounded.astype(np.uint16)
-    nan = np.isnan(array)
-    if nan.any():
-        out[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
-    return out
 
 
 # -------------------------------------------------------------------- running
@@ -446,7 +417,7 @@ def dry_run(checkpoint: TraxCheckpoint, resolved: ResolvedConfig, output: Path, 
     else:
         shards, names = [specs], [output.name]
     sizes = tuple(
-        (name, sum(math.prod(t.shape) * dtype_itemsize(t.dtype or "float32") for t in shard))
+        (name, sum(math.prod(t.shape) * itemsize(t.dtype or "float32") for t in shard))
         for name, shard in zip(names, shards, strict=True)
     )
     refusal: ReformerToolsError | None = None

@@ -24,6 +24,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from reformer_tools.dtypes import WEIGHT_DTYPES
 from reformer_tools.errors import MappingError, UnsupportedLayoutError
 from reformer_tools.loader import Leaf
 from reformer_tools.spec import AttentionKind, ReformerSpec
@@ -655,12 +656,9 @@ def _explain_unsegmented(result: Alignment, leaves: Sequence[Leaf], spec: Reform
         result.notes.append("no decoder layer found: no layer norm followed by (heads, d_model, d_head) projections")
 
 
-_FLOAT_DTYPES: Final = ("float16", "bfloat16", "float32", "float64")
-
-
 def _check_dtypes(result: Alignment, leaves: Sequence[Leaf]) -> None:
     for leaf in leaves:
-        if leaf.dtype not in _FLOAT_DTYPES:
+        if leaf.dtype not in WEIGHT_DTYPES:
             result.problems.append(f"{leaf.path} is {leaf.dtype}; weights must be floating point")
 
 

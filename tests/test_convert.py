@@ -15,9 +15,9 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from reformer_tools.convert import cast, float32_to_bfloat16_bits
+from reformer_tools.dtypes import as_float32, cast, float32_to_bfloat16_bits
 from reformer_tools.errors import UsageError
-from reformer_tools.loader import as_float32, load_checkpoint
+from reformer_tools.loader import load_checkpoint
 from reformer_tools.mapper import plan
 from reformer_tools.sizes import parse_size
 from reformer_tools.spec import load_spec
@@ -66,7 +66,12 @@ def test_every_real_trax_file_converts_to_trax_s_own_outputs(checkpoint: Path, t
     out = tmp_path / "hf"
     result = invoke(["convert", checkpoint, "--config", fixture / "config.json", "-o", out])
     assert result.exit_code == 0, result.output + result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ]
     trax = log_softmax(np.load(fixture / "logits.npy"))
     ours = hf_log_probs(out, np.load(fixture / "hf_input_ids.npy"))
     assert np.abs(ours - trax).max() <= 1e-4

@@ -79,7 +79,7 @@ def verify(
       reformer-tools verify model.pkl.gz reformer-hf/ --numerics
     """
     from reformer_tools.converted import open_converted
-    from reformer_tools.loader import as_float32
+    from reformer_tools.dtypes import as_float32
     from reformer_tools.verification import read_texts, verify_checkpoint, verify_numerics
 
     assert common.checkpoint is not None
