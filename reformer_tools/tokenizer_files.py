@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, Final
 
-from reformer_tools._unicode13 import ALNUM_RANGES
+from reformer_tools._unicode13 import ALNUM_RANGES, CJK_RANGES
 from reformer_tools.errors import VocabularyError
 from reformer_tools.vocab import (
     SP_BYTE,
@@ -30,16 +30,6 @@ _NO_WORD_LIMIT: Final = 1_000_000_000
 # A character outside a subword vocabulary's alphabet is written as this escape (U+FFFD's, see
 # SUBWORD_OOV_DIVERGENCE) instead of its own code point.
 _OOV_CODE: Final = 0xFFFD
-_BERT_CJK: Final = (
-    (0x4E00, 0x9FFF),
-    (0x3400, 0x4DBF),
-    (0x20000, 0x2A6DF),
-    (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F),
-    (0x2B820, 0x2CEAF),
-    (0xF900, 0xFAFF),
-    (0x2F800, 0x2FA1F),
-)
 
 SUBWORD_OOV_DIVERGENCE: Final = (
     "a character outside the subword vocabulary's alphabet is encoded as the escape of U+FFFD (\\65533;) "
@@ -358,7 +348,7 @@ def _regex_literal(text: str) -> str:
 def _bert(vocab: Vocabulary) -> tuple[JsonDict, JsonDict]:
     lowercase = vocab.type == "bert-lowercase"
     r = vocab.reserved_ids
-    cjk = _class(_BERT_CJK)
+    cjk = _class(CJK_RANGES)
     steps: list[JsonDict] = [
         # BERT's _clean_text: drop NUL, U+FFFD and control/format characters (tab, CR, LF are whitespace)
         _replace("[[\\x{0}\\x{fffd}\\p{Cc}\\p{Cf}]&&[^\\t\\n\\r]]", "", regex=True),

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from reformer_tools._unicode13 import ALNUM_RANGES
+from reformer_tools._unicode13 import ALNUM_RANGES, CJK_RANGES
 from reformer_tools.errors import VocabularyError
 from reformer_tools.untrusted import printable
 from reformer_tools.vocab import Vocabulary
@@ -166,21 +166,9 @@ def _bert_punctuation(ch: str) -> bool:
     return unicodedata.category(ch).startswith("P")
 
 
-_CJK: Final = (
-    (0x4E00, 0x9FFF),
-    (0x3400, 0x4DBF),
-    (0x20000, 0x2A6DF),
-    (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F),
-    (0x2B820, 0x2CEAF),
-    (0xF900, 0xFAFF),
-    (0x2F800, 0x2FA1F),
-)
-
-
 def _is_cjk(ch: str) -> bool:
     code = ord(ch)
-    return any(first <= code <= last for first, last in _CJK)
+    return any(first <= code <= last for first, last in CJK_RANGES)
 
 
 class BertEncoder:
