@@ -301,6 +301,8 @@ def choose_vocabulary(
                 return ChosenVocabulary(
                     vocabulary, f"config.gin's dataset {printable(dataset, 60)!r}: UTF-8 bytes after 2 reserved ids"
                 )
+    if given.reserved_ids is not None:
+        notes.append("--reserved-ids without a vocabulary (--vocab, --vocab-type or config.gin) changes nothing")
     return None
 
 
