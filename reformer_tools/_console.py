@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
 
 from reformer_tools.untrusted import printable
 
@@ -71,10 +73,19 @@ def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def print_table(table: Table) -> None:
+    """A table at its natural width, even past the terminal's: a key or path cut short cannot be copied."""
+    natural = Measurement.get(out, out.options.update(width=1_000_000), table).maximum
+    width = out.width
+    out.width = max(width, natural)
+    try:
+        out.print(table, crop=False)
+    finally:
+        out.width = width
+
+
 def render_problems(alignment: Alignment) -> None:
     """Every way a checkpoint disagrees with its config, as one table plus named unsupported layouts."""
-    from rich.table import Table
-
     if alignment.mismatches or alignment.missing or alignment.unused:
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in ("problem", "Hugging Face key", "Trax path", "expected", "actual"):
@@ -86,7 +97,7 @@ def render_problems(alignment: Alignment) -> None:
             table.add_row("[red]missing[/]", slot.hf_key, "-", str(slot.source_shape), "-")
         for leaf in alignment.unused:
             table.add_row("[red]unused[/]", "-", sanitize(leaf.path), "-", str(leaf.shape))
-        out.print(table, crop=False)
+        print_table(table)
     for problem in alignment.problems:
         out.print(f"[bold red]unsupported:[/] {sanitize(problem)}")
     for text in alignment.notes:

@@ -499,6 +499,8 @@ class _Translation:
                 )
             if values:
                 value = next(iter(values.values()))
+                if value is None:  # Trax's operative config lists the defaults: None is "not given"
+                    continue
                 if check(value):
                     settings[name] = value
                 elif not isinstance(value, GinMacro):

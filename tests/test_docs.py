@@ -30,12 +30,43 @@ def test_ci_runs_the_readme_install_and_test_commands() -> None:
     assert "torch==2.13.0" in ci
 
 
+def quick_start_commands() -> list[str]:
+    return [line[2:] for line in fenced_commands("console") if line.startswith("$ ")]
+
+
 def test_quick_start_uses_the_shipped_example() -> None:
-    commands = [line[2:] for line in fenced_commands("console") if line.startswith("$ ")]
-    assert any(c.startswith("reformer-tools convert examples/tiny-reformer/model.pkl.gz") for c in commands)
+    commands = quick_start_commands()
+    assert any(c.startswith("reformer-tools convert examples/zen-reformer/model.pkl.gz") for c in commands)
     for command in commands:
         for path in re.findall(r"examples/\S+", command):
             assert (ROOT / path).exists(), path
+
+
+def test_ci_runs_the_quick_start_as_written() -> None:
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    for command in quick_start_commands():
+        assert command in ci, command
+
+
+def test_the_quick_start_generates_what_trax_generates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import invoke
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    for command in quick_start_commands():
+        result = invoke(command.split()[1:])
+        assert result.exit_code == 0, (command, result.output)
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "generate(" in b]
+    capsys.readouterr()
+    exec(snippet, {})
+    printed = capsys.readouterr().out
+    import json
+
+    trax = json.loads((ROOT / "examples" / "zen-reformer" / "trax_outputs.json").read_text(encoding="utf-8"))
+    (first,) = [c for c in trax["greedy"]["continuations"] if c["prompt"] == "Beautiful is"]
+    assert "Beautiful is" + first["continuation"] in printed  # exactly what Trax generated
 
 
 @pytest.mark.parametrize("name", sorted(cli.commands))

@@ -122,9 +122,12 @@ def test_a_directory_given_as_config_is_one_line(tmp_path: Path) -> None:
 
 def test_keys_are_never_broken_at_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "80")
-    result = invoke(["inspect", LOCAL / "model.pkl", "--config", CONFIG])
+    result = invoke(["inspect", LOCAL / "trainer_lib" / "model.pkl.gz", "--config", CONFIG])
     assert result.exit_code == 0, result.stderr
     assert "reformer.encoder.layers.1.feed_forward.output.dense.weight" in result.stdout
+    assert "flat_weights[30]" in result.stdout  # nor paths, shapes or dtypes
+    assert "(2, 32, 8)" in result.stdout
+    assert "…" not in result.stdout
     verify = invoke(["verify", LOCAL / "model.pkl", "--config", CONFIG])
     assert verify.exit_code == 0
 
@@ -170,7 +173,7 @@ def test_shell_completion_is_documented() -> None:
 
 def test_the_quick_start_output_is_ignored_by_git() -> None:
     ignored = (Path(__file__).parent.parent / ".gitignore").read_text(encoding="utf-8").splitlines()
-    assert "tiny-reformer-hf/" in ignored
+    assert "zen-hf/" in ignored
 
 
 def test_bfloat16_outputs_say_how_to_load_them_and_verify_at_the_default_tolerance(tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def _dry_run(
 def _show_plan(planned: DryRun, output: Path) -> None:
     from rich.table import Table
 
-    from reformer_tools._console import out, sanitize
+    from reformer_tools._console import out, print_table, sanitize
     from reformer_tools.sizes import format_size
 
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -197,7 +197,7 @@ def _show_plan(planned: DryRun, output: Path) -> None:
         table.add_row(
             sanitize(t.trax_path or "?"), t.hf_key, t.transform, shapes, t.dtype or "?", format_size(t.nbytes)
         )
-    out.print(table, crop=False)
+    print_table(table)
     files = ", ".join(f"{name} ({format_size(size)})" for name, size in planned.files)
     where = f"{sanitize(str(output))} ({plan.kind.value})"
     if planned.refusal is not None:

@@ -119,7 +119,7 @@ def _rows(inspection: Inspection, depth: int | None) -> list[_Row]:
 def _render(inspection: Inspection, depth: int | None) -> None:
     from rich.table import Table
 
-    from reformer_tools._console import out, render_problems, sanitize
+    from reformer_tools._console import out, print_table, render_problems, sanitize
     from reformer_tools.sizes import format_size
 
     checkpoint = inspection.checkpoint
@@ -145,7 +145,7 @@ def _render(inspection: Inspection, depth: int | None) -> None:
     for row in _rows(inspection, depth):
         cells = [sanitize(row.path), row.shape, row.dtype, format_size(row.nbytes)]
         table.add_row(*cells, *([sanitize(row.hf_key) or "[dim]-[/]"] if show_keys else []))
-    out.print(table, crop=False)
+    print_table(table)
     leaves = inspection.leaves
     out.print(
         f"[bold]{len(leaves)} arrays, {inspection.total_parameters:,} parameters, "
@@ -167,7 +167,7 @@ def _render(inspection: Inspection, depth: int | None) -> None:
 def _show_globals(common: CommonOptions) -> None:
     from rich.table import Table
 
-    from reformer_tools._console import emit_json, out, sanitize, warn
+    from reformer_tools._console import emit_json, out, print_table, sanitize, warn
     from reformer_tools.errors import ExitCode
     from reformer_tools.loader import scan_globals
     from reformer_tools.safe_pickle import describe_global
@@ -197,7 +197,7 @@ def _show_globals(common: CommonOptions) -> None:
         for e in entries:
             verdict = f"[green]allowed[/] ({e['reason']})" if e["allowed"] else "[bold red]refused[/]"
             table.add_row(sanitize(f"{e['module']}.{e['name']}"), str(e["opcode"]), str(e["opcode_index"]), verdict)
-        out.print(table, crop=False)
+        print_table(table)
         out.print(f"{len(entries)} global references, {len(refused)} refused")
     if refused:
         first = refused[0]
