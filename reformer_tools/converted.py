@@ -1,9 +1,4 @@
-"""Read a converted model back: a Hugging Face directory, a .safetensors file or a .bin.
-
-safetensors files are parsed here (header checked, data memory-mapped), so
-reading a converted model needs neither torch nor the file in memory; only a
-``.bin`` goes through ``torch.load(weights_only=True)``.
-"""
+"""Read a converted model back (a directory, a .safetensors file or a .bin), without loading it all."""
 
 from __future__ import annotations
 
@@ -66,7 +61,12 @@ class ConvertedModel:
 
 
 def open_converted(path: Path) -> ConvertedModel:
-    """Open a converted model; errors name the file and what is wrong."""
+    """Open a converted model; errors name the file and what is wrong.
+
+    safetensors files are parsed here (header checked, data memory-mapped), so
+    reading a converted model needs neither torch nor the file in memory; only a
+    ``.bin`` goes through ``torch.load(weights_only=True)``.
+    """
     try:
         if path.is_dir():
             return _open_directory(path)

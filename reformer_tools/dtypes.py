@@ -99,7 +99,8 @@ def require_weight_dtype(name: str, where: str) -> None:
     """Refuse (exit 3) an array that cannot be a model weight: every weight is floating point."""
     if name not in WEIGHT_DTYPES:
         raise UnreadableCheckpointError(
-            f"{where} is {printable(name, 40)}; weights must be floating point ({', '.join(WEIGHT_DTYPES)})"
+            f"{printable(where, 200)} is {printable(name, 40)}; weights must be floating point"
+            f" ({', '.join(WEIGHT_DTYPES)})"
         )
 
 

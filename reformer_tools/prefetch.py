@@ -1,10 +1,4 @@
-"""Run an iterator a few steps ahead in a background thread.
-
-Conversion is a pipeline: inflate/read the next array, transform it, write it.
-zlib/ISA-L, numpy copies and file writes all release the GIL, so producing item
-i+1 in a worker while the caller consumes item i uses both cores; the queue
-holds at most ``depth`` items, so memory stays at a few tensors.
-"""
+"""Run an iterator a few steps ahead in a background thread."""
 
 from __future__ import annotations
 
@@ -24,6 +18,11 @@ class _Done:
 
 class Prefetch(Generic[T], Iterator[T]):
     """Iterate ``source`` in a worker thread, at most ``depth`` items ahead.
+
+    Conversion is a pipeline: inflate/read the next array, transform it, write it.
+    zlib/ISA-L, numpy copies and file writes all release the GIL, so producing item
+    i+1 in a worker while the caller consumes item i uses both cores; the queue
+    holds at most ``depth`` items, so memory stays at a few tensors.
 
     Errors raised by the source are raised by ``next`` in the consumer's thread.
     ``close`` stops the worker and waits for it, so whatever the source reads

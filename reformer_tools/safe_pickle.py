@@ -1,525 +1,165 @@
-"""A restricted pickle machine: an exact allow-list of globals, and nothing else runs.
-
-Python's ``pickle`` executes whatever callables a file names. This module is an
-opcode interpreter of its own that never imports or calls anything a pickle
-names. ``GLOBAL``/``STACK_GLOBAL`` resolve only an exact (module, name) pair from
-``ALLOWED_GLOBALS`` to an inert marker; ``REDUCE``, ``NEWOBJ`` and ``BUILD`` dispatch
-to this module's own rebuilders, which validate their arguments and build numpy
-arrays from raw bytes. Everything else is refused before any of it runs.
-
-The same machine also runs in *scan* mode, for ``inspect --globals``: it records
-every global a pickle references, allowed or not, and builds nothing.
-"""
+"""The restricted pickle machine: opcodes run here, and globals resolve only through the allow-list."""
 
 from __future__ import annotations
 
 import codecs
-import math
+import gc
+import pickle
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from reformer_tools.errors import UnreadableCheckpointError, UnsafeCheckpointError
+from reformer_tools.allowlist import (
+    ALLOWED_GLOBALS,
+    CLASSES,
+    REDUCERS,
+    BFloat16Array,
+    CorruptPickle,
+    Global,
+    LargeText,
+    Pending,
+    RefusedPickle,
+    ShapeDtype,
+    SkippedPayload,
+    TraxHistory,
+    describe_global,
+    type_name,
+)
+from reformer_tools.dtypes import WEIGHT_DTYPES, check_shape, logical_name
+from reformer_tools.errors import UnreadableCheckpointError
 from reformer_tools.untrusted import printable
 
-# Small strings stay ``bytes``; payloads at least this long are read into numpy
-# buffers so that arrays can be views of them without another copy.
-_PAYLOAD_THRESHOLD: Final = 1 << 16
-_MAX_LONG_BYTES: Final = 64  # a 512-bit integer is plenty for any Trax metadata
-_MAX_LINE: Final = 1 << 16
-_MAX_NDIM: Final = 32
-_MAX_CONTAINER_ITEMS: Final = 1 << 28
-# Hashing a tuple recurses in C without a depth check: a key nested 200,000
-# deep crashes the interpreter (SIGSEGV) instead of raising.
-_MAX_KEY_DEPTH: Final = 100
-_MAX_GLOBAL_NAME: Final = 1024  # characters in a module or name; real ones are far shorter
-_MAX_GLOBAL_REFERENCES: Final = 10_000  # Trax pickles reference fewer than ten
-_MAX_ARRAY_BYTES: Final = (1 << 63) - 1  # numpy's limit for any shape, even an empty one
-#: Opcodes one pickle may run. Each opcode can leave an object of up to ~100
-#: bytes behind (a MARK or EMPTY_DICT costs one byte of input), so without a cap
-#: a 1 MB gzip of ``(((...`` would grow memory without bound for minutes. Trax
+# Re-exported: the loader and the tests name these through this module.
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "MAX_OPCODES",
+    "BFloat16Array",
+    "ByteSource",
+    "CorruptPickle",
+    "Global",
+    "LargeText",
+    "Machine",
+    "RefusedPickle",
+    "ShapeDtype",
+    "SkippedPayload",
+    "TraxHistory",
+    "check_shape",
+    "describe_global",
+]
+
+#: Opcodes one pickle may run. Every opcode can leave an object behind (a MARK
+#: or EMPTY_DICT costs one byte of input and ~100 bytes of memory); Trax
 #: checkpoints run a few dozen opcodes per array. Read at each load (tests lower it).
 MAX_OPCODES = 5_000_000
+#: Byte strings at least this long are read into numpy buffers arrays can view; shorter ones stay ``bytes``.
+LARGE: Final = 1 << 16
+#: Text at least this long is never decoded into ``str`` (see LargeText): a key or a name is far shorter.
+LARGE_TEXT: Final = 1 << 20
+#: Memory all shorter strings of one pickle may take once decoded: a character of
+#: UTF-8 input can take four bytes as ``str``, so the input size alone does not bound it.
+MAX_TEXT_BYTES = 256 << 20
+#: Items (counted with repeats) hashed as dict keys and set members in one pickle: a key
+#: may be a tuple holding one tuple twice, 99 levels deep, and hashing does not memoize.
+MAX_KEY_ITEMS = 10_000_000
+_MAX_KEY_DEPTH: Final = 100  # hashing a deeply nested tuple overflows the C stack
+_MAX_LONG_BYTES: Final = 64  # a 512-bit integer is plenty for any Trax metadata
+_MAX_LINE: Final = 1 << 16
+_MAX_CONTAINER_ITEMS: Final = 1 << 28
+_TEXT_CHUNK: Final = 4 << 20
+_SET_COST: Final = 4
+_SIMPLE_KEYS: Final = frozenset({str, bytes, int, float, bool, type(None)})
+
+_U1: Final = struct.Struct("<B").unpack
+_U2: Final = struct.Struct("<H").unpack
+_I4: Final = struct.Struct("<i").unpack
+_U4: Final = struct.Struct("<I").unpack
+_U8: Final = struct.Struct("<Q").unpack
+_F8: Final = struct.Struct(">d").unpack
 
 
 class ByteSource(Protocol):
-    """What the machine reads from: exact reads that fail loudly, never short."""
+    """What the machine reads from: exact reads that fail loudly, never short, every length bounded."""
+
+    @property
+    def keeps_payloads(self) -> bool: ...
 
     def read_exact(self, n: int) -> bytes: ...
 
-    def read_payload(self, n: int) -> bytes | npt.NDArray[np.uint8] | SkippedPayload: ...
+    def read_payload(self, n: int) -> npt.NDArray[np.uint8] | SkippedPayload: ...
+
+    def read_chunks(self, n: int, size: int) -> Iterator[bytes]: ...
 
     def readline(self, limit: int) -> bytes: ...
 
 
-@dataclass(frozen=True, slots=True)
-class SkippedPayload:
-    """A payload read past without keeping it (shapes-only loading, e.g. for ``inspect``)."""
+# ------------------------------------------------------------------ garbage collection
 
-    nbytes: int
-
-
-class CorruptPickle(UnreadableCheckpointError):
-    """The pickle stream is malformed."""
+_gc_lock = threading.Lock()
+_gc_pauses = 0
 
 
-class RefusedPickle(UnsafeCheckpointError):
-    """The pickle asks for something outside the allow-list."""
+class _PausedCollector:
+    """The cyclic garbage collector, paused while a pickle loads.
 
-
-# --------------------------------------------------------------------------- markers
-
-
-@dataclass(frozen=True, slots=True)
-class Global:
-    """Inert stand-in for a global the pickle referenced. Never callable."""
-
-    module: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.module}.{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class BFloat16Array:
-    """A bfloat16 array kept as its uint16 bit patterns (numpy has no bfloat16)."""
-
-    bits: npt.NDArray[np.uint16]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.bits.shape)
-
-
-@dataclass(frozen=True, slots=True)
-class TraxHistory:
-    """Inert stand-in for ``trax.history.History``: only its recorded values."""
-
-    values: dict[Any, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class ShapeDtype:
-    """Inert stand-in for ``trax.shapes.ShapeDtype``."""
-
-    shape: tuple[Any, ...]
-    dtype: Any
-
-
-class _BFloat16DType:
-    """Marker dtype for ml_dtypes' bfloat16; arrays of it become BFloat16Array."""
-
-    itemsize = 2
-    storage = np.dtype("<u2")
-
-
-BFLOAT16_DTYPE: Final = _BFloat16DType()
-DType = np.dtype[Any] | _BFloat16DType
-
-
-class _Pending:
-    """An object made by REDUCE/NEWOBJ that only becomes usable after BUILD."""
-
-    __hash__ = None  # type: ignore[assignment]
-    what = "object"
-
-    def finish(self, state: Any) -> Any:
-        raise NotImplementedError
-
-
-# ---------------------------------------------------------------------- allow-list
-
-_NUMPY_CORE = ("numpy.core", "numpy._core")  # numpy 1.x and 2.x spellings
-_NUMPY_SCALAR_TYPES = (
-    "bool_",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-    "float16",
-    "float32",
-    "float64",
-    "complex64",
-    "complex128",
-)
-
-#: Every global a checkpoint may reference, and why. Exact pairs only: allowing
-#: a whole module is never safe (``numpy.testing._private.utils.runstring``
-#: executes code, yet lives under ``numpy``).
-ALLOWED_GLOBALS: Final[dict[tuple[str, str], str]] = {
-    **{(f"{core}.multiarray", "_reconstruct"): "numpy array rebuilder" for core in _NUMPY_CORE},
-    **{(f"{core}.multiarray", "scalar"): "numpy scalar rebuilder" for core in _NUMPY_CORE},
-    **{(f"{core}.numeric", "_frombuffer"): "numpy array rebuilder (protocol 5)" for core in _NUMPY_CORE},
-    ("numpy", "ndarray"): "numpy array type (argument of the rebuilder)",
-    ("numpy", "dtype"): "numpy dtype rebuilder",
-    **{("numpy", name): "numpy scalar type (a ShapeDtype's dtype)" for name in _NUMPY_SCALAR_TYPES},
-    ("_codecs", "encode"): "bytes in protocol 2 pickles (latin-1 only)",
-    ("collections", "OrderedDict"): "ordered dict (read as a plain dict)",
-    ("collections", "defaultdict"): "defaultdict (read as a plain dict)",
-    ("builtins", "list"): "a defaultdict's factory",
-    ("builtins", "dict"): "a defaultdict's factory",
-    ("builtins", "int"): "a defaultdict's factory",
-    ("builtins", "float"): "a defaultdict's factory",
-    # Protocol 0-2 pickles (Python 2, or Python 3 with fix_imports) spell builtins "__builtin__".
-    **{("__builtin__", n): "a defaultdict's factory (Python 2 name)" for n in ("list", "dict", "int", "float")},
-    ("trax.history", "History"): "training history (inert stand-in)",
-    ("trax.supervised.history", "History"): "training history (inert stand-in)",
-    ("trax.shapes", "ShapeDtype"): "input signature (inert stand-in)",
-    ("jax._src.array", "_reconstruct_array"): "jax >= 0.4 array, rebuilt as numpy",
-    ("jax._src.device_array", "reconstruct_device_array"): "jax 2021-2022 array, rebuilt as numpy",
-    ("ml_dtypes", "bfloat16"): "bfloat16 dtype (kept as uint16 bits)",
-}
-
-_FACTORIES = {(module, n) for module in ("builtins", "__builtin__") for n in ("list", "dict", "int", "float")}
-_NUMPY_TYPES = {("numpy", n) for n in _NUMPY_SCALAR_TYPES}
-_DTYPE_KINDS = frozenset("biufc")
-
-
-def describe_global(module: str, name: str) -> str | None:
-    """Why a global is allowed, or None if it is refused."""
-    return ALLOWED_GLOBALS.get((module, name))
-
-
-# ------------------------------------------------------------------- rebuilders
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise CorruptPickle(message)
-
-
-def _is_int(value: Any) -> bool:
-    return type(value) is int
-
-
-def _as_shape(value: Any, what: str) -> tuple[int, ...]:
-    _check(type(value) is tuple, f"{what}: shape is not a tuple")
-    _check(len(value) <= _MAX_NDIM, f"{what}: more than {_MAX_NDIM} dimensions")
-    _check(all(_is_int(d) and d >= 0 for d in value), f"{what}: shape has a non-integer or negative size")
-    return tuple(value)
-
-
-def check_shape(shape: tuple[int, ...], itemsize: int, what: str) -> None:
-    """Refuse shapes numpy cannot make: an empty array may still not have 10**30 columns.
-
-    numpy raises ValueError for them (after the byte count check passed, since
-    any shape with a 0 holds 0 bytes); that would escape as an internal error.
+    A load allocates up to millions of containers and frees none of them: every
+    collection would scan them all again for nothing (5 million EMPTY_DICTs took
+    20 s with it, 2 s without). Nested and concurrent loads share one pause.
     """
-    _check(len(shape) <= _MAX_NDIM, f"{what}: more than {_MAX_NDIM} dimensions")
-    _check(
-        math.prod(d for d in shape if d) * itemsize <= _MAX_ARRAY_BYTES,
-        f"{what}: shape {shape} is larger than any array can be",
-    )
+
+    def __enter__(self) -> None:
+        global _gc_pauses
+        with _gc_lock:
+            if _gc_pauses == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            else:
+                self._was_enabled = False
+            _gc_pauses += 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _gc_pauses
+        with _gc_lock:
+            _gc_pauses -= 1
+            if self._was_enabled:
+                gc.enable()
 
 
-def _is_one_of(value: Any, *choices: str | bytes) -> bool:
-    """``value in choices`` for an untrusted value: never runs an array's ``__eq__``.
-
-    ``ndarray in ("C", "F")`` raises ValueError (an ambiguous truth value); the
-    type check first keeps such comparisons to plain strings and bytes.
-    """
-    return type(value) in (str, bytes) and value in choices
-
-
-def _as_dtype(value: Any, what: str) -> DType:
-    if isinstance(value, np.dtype | _BFloat16DType):
-        return value
-    raise CorruptPickle(f"{what}: expected a dtype, got {_type_name(value)}")
-
-
-def _as_buffer(value: Any, what: str) -> bytes | bytearray | npt.NDArray[np.uint8] | SkippedPayload:
-    if isinstance(value, bytes | bytearray | SkippedPayload):
-        return value
-    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 1:
-        return value
-    if isinstance(value, str):  # protocol 0-2 pickles decoded with latin-1
-        try:
-            return value.encode("latin-1")
-        except UnicodeEncodeError:
-            raise CorruptPickle(f"{what}: array data is not latin-1 text") from None
-    if isinstance(value, list):
-        raise RefusedPickle(f"{what}: object arrays are refused (they hold arbitrary objects)")
-    raise CorruptPickle(f"{what}: array data is {_type_name(value)}, not bytes")
-
-
-def _make_array(
-    buffer: Any, dtype: DType, shape: tuple[int, ...], fortran: bool, what: str
-) -> np.ndarray[Any, Any] | BFloat16Array:
-    raw = _as_buffer(buffer, what)
-    storage = dtype.storage if isinstance(dtype, _BFloat16DType) else dtype
-    check_shape(shape, storage.itemsize, what)
-    expected = math.prod(shape) * storage.itemsize
-    actual = raw.nbytes if isinstance(raw, np.ndarray | SkippedPayload) else len(raw)
-    _check(actual == expected, f"{what}: shape {shape} needs {expected} bytes, the data has {actual}")
-    if isinstance(raw, SkippedPayload):
-        # Shape and dtype without data: a read-only view of one zero, broadcast.
-        array = np.lib.stride_tricks.as_strided(np.zeros(1, storage), shape, (0,) * len(shape), writeable=False)
-    else:
-        flat = np.frombuffer(raw, dtype=storage)
-        array = flat.reshape(shape, order="F" if fortran else "C")
-    if isinstance(dtype, _BFloat16DType):
-        return BFloat16Array(array)
-    return array
-
-
-def _build_ndarray(state: Any, what: str = "numpy array") -> np.ndarray[Any, Any] | BFloat16Array:
-    """Apply ``ndarray.__setstate__``'s state, validated, without numpy's setstate."""
-    _check(type(state) is tuple and len(state) in (4, 5), f"{what}: malformed array state")
-    if len(state) == 5:
-        _check(_is_int(state[0]), f"{what}: malformed array state version")
-        state = state[1:]
-    shape_value, dtype_value, fortran, data = state
-    shape = _as_shape(shape_value, what)
-    dtype = _as_dtype(dtype_value, what)
-    _check(type(fortran) in (bool, int), f"{what}: malformed order flag")
-    return _make_array(data, dtype, shape, bool(fortran), what)
-
-
-class _PendingArray(_Pending):
-    what = "numpy array"
-
-    def finish(self, state: Any) -> Any:
-        return _build_ndarray(state)
-
-
-class _PendingDType(_Pending):
-    what = "numpy dtype"
-
-    def __init__(self, dtype: DType) -> None:
-        self.dtype = dtype
-
-    def finish(self, state: Any) -> Any:
-        # (version, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata])
-        _check(type(state) is tuple and len(state) in (8, 9), "numpy dtype: malformed state")
-        order, subarray, names, fields = state[1:5]
-        if subarray is not None or names is not None or fields is not None:
-            raise RefusedPickle("numpy dtype: structured dtypes are refused")
-        _check(_is_one_of(order, "<", ">", "|", "="), "numpy dtype: malformed byte order")
-        if isinstance(self.dtype, _BFloat16DType):
-            _check(_is_one_of(order, "<", "|", "="), "bfloat16 dtype: only little-endian is supported")
-            return self.dtype
-        return self.dtype.newbyteorder(order) if order in "<>" else self.dtype
-
-
-class _PendingHistory(_Pending):
-    what = "trax History"
-
-    def finish(self, state: Any) -> Any:
-        if type(state) is tuple and len(state) == 2:  # (dict state, slot state)
-            state = state[0]
-        _check(type(state) is dict, "trax History: malformed state")
-        values = state.get("_values", {})
-        _check(type(values) is dict, "trax History: malformed values")
-        return TraxHistory(values)
-
-
-class _PendingShapeDtype(_Pending):
-    what = "trax ShapeDtype"
-
-    def finish(self, state: Any) -> Any:
-        if type(state) is tuple and len(state) == 2:
-            state = state[1] if state[1] is not None else state[0]
-        _check(type(state) is dict, "trax ShapeDtype: malformed state")
-        shape = state.get("shape", ())
-        _check(type(shape) in (tuple, list), "trax ShapeDtype: malformed shape")
-        return ShapeDtype(tuple(shape), state.get("dtype"))
-
-
-def _reduce_reconstruct(args: tuple[Any, ...]) -> _PendingArray:
-    _check(len(args) == 3, "numpy _reconstruct: wrong number of arguments")
-    subtype, shape, code = args
-    if not (isinstance(subtype, Global) and subtype.name == "ndarray"):
-        raise RefusedPickle(f"numpy _reconstruct: refuses array subtype {_type_name(subtype)}")
-    # Type checks before comparing: the arguments may be arrays (see _is_one_of).
-    _check(
-        type(shape) is tuple
-        and len(shape) == 1
-        and _is_int(shape[0])
-        and shape[0] == 0
-        and _is_one_of(code, b"b", "b"),
-        "numpy _reconstruct: unexpected arguments",
-    )
-    return _PendingArray()
-
-
-def _reduce_frombuffer(args: tuple[Any, ...]) -> Any:
-    _check(len(args) == 4, "numpy _frombuffer: wrong number of arguments")
-    buffer, dtype, shape, order = args
-    _check(_is_one_of(order, "C", "F"), "numpy _frombuffer: malformed order")
-    what = "numpy array"
-    return _make_array(buffer, _as_dtype(dtype, what), _as_shape(shape, what), order == "F", what)
-
-
-def _reduce_scalar(args: tuple[Any, ...]) -> Any:
-    _check(len(args) in (1, 2), "numpy scalar: wrong number of arguments")
-    dtype = _as_dtype(args[0], "numpy scalar")
-    if len(args) == 1:
-        raise RefusedPickle("numpy scalar: object scalars are refused")
-    array = _make_array(args[1], dtype, (), False, "numpy scalar")
-    return array if isinstance(array, BFloat16Array) else array[()]
-
-
-def _reduce_dtype(args: tuple[Any, ...]) -> _PendingDType:
-    _check(1 <= len(args) <= 3, "numpy dtype: wrong number of arguments")
-    spec = args[0]
-    if isinstance(spec, Global) and (spec.module, spec.name) == ("ml_dtypes", "bfloat16"):
-        return _PendingDType(BFLOAT16_DTYPE)
-    if isinstance(spec, Global) and (spec.module, spec.name) in _NUMPY_TYPES:
-        spec = spec.name
-    _check(type(spec) is str and 0 < len(spec) <= 8, "numpy dtype: malformed type code")
-    try:
-        dtype = np.dtype(spec)
-    except TypeError:
-        raise CorruptPickle(f"numpy dtype: unknown type code {spec!r}") from None
-    if dtype.kind == "O":
-        raise RefusedPickle("numpy dtype: object arrays are refused (they hold arbitrary objects)")
-    if dtype.kind == "V":
-        # A void dtype is how numpy pickles a structured one: its fields (which
-        # may hold objects) arrive with BUILD. Refuse it as the unsafe kind it is.
-        raise RefusedPickle("numpy dtype: structured dtypes are refused")
-    if dtype.kind not in _DTYPE_KINDS:
-        raise UnreadableCheckpointError(f"numpy dtype: unsupported dtype {dtype.str!r}")
-    return _PendingDType(dtype)
-
-
-def _reduce_jax_array(args: tuple[Any, ...]) -> Any:
-    # jax's rebuilders are (fun, args, arr_state[, aval_state]) with fun(*args)
-    # numpy's _reconstruct; rebuild the numpy array and drop the jax wrapper.
-    _check(len(args) in (3, 4), "jax array: wrong number of arguments")
-    fun, fun_args, arr_state = args[:3]
-    if not (isinstance(fun, Global) and fun.name == "_reconstruct" and fun.module.startswith(_NUMPY_CORE)):
-        raise RefusedPickle(f"jax array: refuses rebuilder {_type_name(fun)}")
-    _check(type(fun_args) is tuple, "jax array: malformed arguments")
-    _reduce_reconstruct(fun_args)
-    return _build_ndarray(arr_state, "jax array")
-
-
-def _reduce_encode(args: tuple[Any, ...]) -> bytes:
-    _check(len(args) in (1, 2) and type(args[0]) is str, "_codecs.encode: malformed arguments")
-    encoding = args[1] if len(args) == 2 else "utf-8"
-    if not _is_one_of(encoding, "latin1", "latin-1"):
-        raise RefusedPickle(f"_codecs.encode: refuses encoding {printable(repr(encoding), 60)}")
-    text: str = args[0]
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        raise CorruptPickle("_codecs.encode: text is not latin-1") from None
-
-
-def _reduce_ordered_dict(args: tuple[Any, ...]) -> dict[Any, Any]:
-    _check(
-        len(args) == 0 or (len(args) == 1 and type(args[0]) in (list, tuple) and not args[0]),
-        "OrderedDict: unexpected arguments",
-    )
-    return {}
-
-
-def _reduce_defaultdict(args: tuple[Any, ...]) -> dict[Any, Any]:
-    _check(len(args) <= 1, "defaultdict: unexpected arguments")
-    factory = args[0] if args else None
-    if factory is not None and not (isinstance(factory, Global) and (factory.module, factory.name) in _FACTORIES):
-        raise RefusedPickle(f"defaultdict: refuses factory {_type_name(factory)}")
-    return {}
-
-
-_REDUCERS: Final[dict[tuple[str, str], Callable[[tuple[Any, ...]], Any]]] = {
-    **{(f"{core}.multiarray", "_reconstruct"): _reduce_reconstruct for core in _NUMPY_CORE},
-    **{(f"{core}.multiarray", "scalar"): _reduce_scalar for core in _NUMPY_CORE},
-    **{(f"{core}.numeric", "_frombuffer"): _reduce_frombuffer for core in _NUMPY_CORE},
-    ("numpy", "dtype"): _reduce_dtype,
-    ("_codecs", "encode"): _reduce_encode,
-    ("collections", "OrderedDict"): _reduce_ordered_dict,
-    ("collections", "defaultdict"): _reduce_defaultdict,
-    ("jax._src.array", "_reconstruct_array"): _reduce_jax_array,
-    ("jax._src.device_array", "reconstruct_device_array"): _reduce_jax_array,
-}
-
-_CLASSES: Final[dict[tuple[str, str], type[_Pending]]] = {
-    ("trax.history", "History"): _PendingHistory,
-    ("trax.supervised.history", "History"): _PendingHistory,
-    ("trax.shapes", "ShapeDtype"): _PendingShapeDtype,
-}
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, Global):
-        return str(value)
-    if isinstance(value, _Pending):
-        return value.what
-    return type(value).__name__
-
-
-# -------------------------------------------------------------------- machine
-
-_HASHABLE_LEAVES = (str, bytes, int, float, bool, type(None))
-
-
-def _check_key(key: Any) -> None:
-    # Only plain values may be dict keys or set members: hashing anything else
-    # could run code or fail in ways this module does not control. Nesting is
-    # bounded too: hashing a deeply nested tuple overflows the C stack.
-    todo = [(key, 0)]
-    while todo:
-        item, depth = todo.pop()
-        if type(item) is tuple:
-            _check(depth < _MAX_KEY_DEPTH, f"a key nested deeper than {_MAX_KEY_DEPTH} levels")
-            todo.extend((child, depth + 1) for child in item)
-        elif type(item) not in _HASHABLE_LEAVES:
-            raise CorruptPickle(f"unhashable {_type_name(item)} used as a key")
-
-
-def _check_values(items: list[Any] | tuple[Any, ...]) -> None:
-    for item in items:
-        if isinstance(item, _Pending):
-            raise CorruptPickle(f"{item.what} used before its state was set")
-
-
-@dataclass(frozen=True, slots=True)
-class GlobalReference:
-    """One global a pickle references, as ``inspect --globals`` lists it."""
-
-    module: str
-    name: str
-    opcode: str
-    opcode_index: int  # how many opcodes ran before this one
-
-    @property
-    def allowed(self) -> bool:
-        # INST names a global and calls it in one opcode; loading refuses INST whatever it names.
-        return self.opcode != "INST" and (self.module, self.name) in ALLOWED_GLOBALS
-
-
-class _Opaque:
-    """Scan mode's result of REDUCE/NEWOBJ/BUILD: something that would be built."""
-
-    __hash__ = None  # type: ignore[assignment]
+# ------------------------------------------------------------------ the machine
 
 
 class Machine:
-    """One pickle load. ``load()`` returns the object; ``scan()`` lists globals."""
+    """One pickle load: ``load()`` returns the object the pickle builds from allowed parts.
 
-    def __init__(
-        self, source: ByteSource, *, scan: bool = False, on_array: Callable[[npt.NDArray[Any]], None] | None = None
-    ) -> None:
+    Python's ``pickle`` executes whatever callables a file names. This machine
+    never imports or calls anything a pickle names: ``GLOBAL``/``STACK_GLOBAL``
+    resolve an exact (module, name) pair of
+    :data:`reformer_tools.allowlist.ALLOWED_GLOBALS` to an inert marker, and
+    ``REDUCE``, ``NEWOBJ`` and ``BUILD`` reach only that module's rebuilders.
+    Everything else is refused before any of it runs. Every resource a pickle can
+    ask for (opcodes, text, key sizes) is bounded before it is spent. Listing
+    globals without loading is :mod:`reformer_tools.global_scan`.
+    """
+
+    def __init__(self, source: ByteSource, *, on_array: Callable[[npt.NDArray[Any]], None] | None = None) -> None:
         self._source = source
-        self._scan = scan
-        # Called with every array as soon as it is built (bfloat16: its uint16 bits), in file order.
+        # Called with every array that can be a weight (floating point, or uint16 bfloat16 bits)
+        # as soon as it is built, in file order.
         self._on_array = on_array
         self._stack: list[Any] = []
         self._marks: list[list[Any]] = []
         self._memo: dict[int, Any] = {}
         self._pending_memo: dict[int, list[int]] = {}
-        self._position = 0
-        self.globals: list[GlobalReference] = []
+        self._text_budget = MAX_TEXT_BYTES
+        self._key_budget = MAX_KEY_ITEMS
+        # id(tuple) -> (the tuple, items counted with repeats, nesting): each key tuple is measured once.
+        self._key_sizes: dict[int, tuple[tuple[Any, ...], int, int]] = {}
+        self.opcodes = 0
         self._dispatch = self._build_dispatch()
 
     # ---- public
@@ -529,23 +169,25 @@ class Machine:
         read = self._source.read_exact
         dispatch = self._dispatch
         limit = MAX_OPCODES
+        self.opcodes = 0
         try:
-            while True:
-                code = read(1)
-                self._position += 1
-                if self._position > limit:
-                    raise UnreadableCheckpointError(
-                        f"the pickle runs more than {limit:,} opcodes (a limit against memory exhaustion; "
-                        "Trax checkpoints need far fewer)"
-                    )
-                handler = dispatch.get(code[0])
-                if handler is None:
-                    raise CorruptPickle(f"unknown pickle opcode 0x{code[0]:02x}")
-                if handler():
-                    result = self._pop()
-                    if isinstance(result, _Pending):
-                        raise CorruptPickle(f"{result.what} was never given its state")
-                    return result
+            with _PausedCollector():
+                while True:
+                    code = read(1)[0]
+                    self.opcodes += 1
+                    if self.opcodes > limit:
+                        raise UnreadableCheckpointError(
+                            f"the pickle runs more than {limit:,} opcodes (a limit against memory exhaustion; "
+                            "Trax checkpoints need far fewer)"
+                        )
+                    handler = dispatch[code]
+                    if handler is None:
+                        raise CorruptPickle(f"unknown pickle opcode 0x{code:02x}")
+                    if handler():
+                        result = self._pop()
+                        if isinstance(result, Pending):
+                            raise CorruptPickle(f"{result.what} was never given its state")
+                        return result
         finally:
             # The dispatch table's bound methods make the machine a reference cycle;
             # drop what it holds now, so arrays are freed as soon as callers release them.
@@ -553,13 +195,122 @@ class Machine:
             self._stack.clear()
             self._marks.clear()
             self._pending_memo.clear()
+            self._key_sizes.clear()
 
-    def scan(self) -> list[GlobalReference]:
-        """Run the pickle without building anything; return every global it names."""
-        self.load()
-        return self.globals
+    # ---- dispatch: keyed on pickle's own opcode constants, families folded into one handler each
 
-    # ---- stack helpers
+    def _build_dispatch(self) -> list[Callable[[], bool | None] | None]:
+        p = pickle
+        one = partial(self._read_int, _U1, 1)
+        table: dict[bytes, Callable[[], bool | None]] = {
+            p.MARK: self._op_mark,
+            p.STOP: lambda: True,
+            p.POP: self._op_pop,
+            p.POP_MARK: self._op_pop_mark,
+            p.DUP: self._op_dup,
+            p.PROTO: self._op_proto,
+            p.FRAME: self._skip_frame,  # a read-ahead hint; every read is checked anyway
+            # constants
+            p.NONE: partial(self._push, None),
+            p.NEWTRUE: partial(self._push, True),
+            p.NEWFALSE: partial(self._push, False),
+            p.EMPTY_TUPLE: partial(self._push, ()),
+            p.EMPTY_LIST: partial(self._push_new, list),
+            p.EMPTY_DICT: partial(self._push_new, dict),
+            p.EMPTY_SET: self._op_empty_set,
+            # numbers
+            p.INT: self._op_int,
+            p.LONG: self._op_long,
+            p.BININT: partial(self._push_int, _I4, 4),
+            p.BININT1: partial(self._push_int, _U1, 1),
+            p.BININT2: partial(self._push_int, _U2, 2),
+            p.LONG1: partial(self._op_long_n, one),
+            p.LONG4: partial(self._op_long_n, partial(self._read_int, _I4, 4)),
+            p.FLOAT: self._op_float,
+            p.BINFLOAT: self._op_binfloat,
+            # text and bytes: (length reader, encoding)
+            p.STRING: self._op_string,
+            p.UNICODE: self._op_unicode,
+            p.BINSTRING: partial(self._op_text, partial(self._read_int, _I4, 4), "latin-1"),
+            p.SHORT_BINSTRING: partial(self._op_text, one, "latin-1"),
+            p.BINUNICODE: partial(self._op_text, partial(self._read_int, _U4, 4), "utf-8"),
+            p.SHORT_BINUNICODE: partial(self._op_text, one, "utf-8"),
+            p.BINUNICODE8: partial(self._op_text, partial(self._read_int, _U8, 8), "utf-8"),
+            p.BINBYTES: partial(self._op_bytes, partial(self._read_int, _U4, 4), bytes),
+            p.SHORT_BINBYTES: partial(self._op_bytes, one, bytes),
+            p.BINBYTES8: partial(self._op_bytes, partial(self._read_int, _U8, 8), bytes),
+            p.BYTEARRAY8: partial(self._op_bytes, partial(self._read_int, _U8, 8), bytearray),
+            # containers
+            p.LIST: self._op_list,
+            p.APPEND: self._op_append,
+            p.APPENDS: self._op_appends,
+            p.TUPLE: self._op_tuple,
+            p.TUPLE1: partial(self._op_tuple_n, 1),
+            p.TUPLE2: partial(self._op_tuple_n, 2),
+            p.TUPLE3: partial(self._op_tuple_n, 3),
+            p.DICT: self._op_dict,
+            p.SETITEM: self._op_setitem,
+            p.SETITEMS: self._op_setitems,
+            p.ADDITEMS: self._op_additems,
+            p.FROZENSET: self._op_frozenset,
+            # memo: (index reader)
+            p.GET: partial(self._op_get, self._read_decimal),
+            p.BINGET: partial(self._op_get, one),
+            p.LONG_BINGET: partial(self._op_get, partial(self._read_int, _U4, 4)),
+            p.PUT: partial(self._op_put, self._read_decimal),
+            p.BINPUT: partial(self._op_put, one),
+            p.LONG_BINPUT: partial(self._op_put, partial(self._read_int, _U4, 4)),
+            p.MEMOIZE: self._op_memoize,
+            # globals and objects: the allow-list is enforced here
+            p.GLOBAL: self._op_global,
+            p.STACK_GLOBAL: self._op_stack_global,
+            p.REDUCE: self._op_reduce,
+            p.NEWOBJ: self._op_newobj,
+            p.NEWOBJ_EX: self._op_newobj_ex,
+            p.BUILD: self._op_build,
+            # Opcodes that name and call in one step, or need outside help: never.
+            p.INST: partial(self._refuse, "INST"),
+            p.OBJ: partial(self._refuse, "OBJ"),
+            p.PERSID: partial(self._refuse, "PERSID"),
+            p.BINPERSID: partial(self._refuse, "BINPERSID"),
+            p.EXT1: partial(self._refuse, "EXT1"),
+            p.EXT2: partial(self._refuse, "EXT2"),
+            p.EXT4: partial(self._refuse, "EXT4"),
+            p.NEXT_BUFFER: partial(self._refuse, "NEXT_BUFFER"),
+            p.READONLY_BUFFER: partial(self._refuse, "READONLY_BUFFER"),
+        }
+        dispatch: list[Callable[[], bool | None] | None] = [None] * 256
+        for opcode, handler in table.items():
+            dispatch[opcode[0]] = handler
+        return dispatch
+
+    # ---- reading arguments
+
+    def _read_int(self, unpack: Callable[[bytes], tuple[Any, ...]], size: int) -> int:
+        value: int = unpack(self._source.read_exact(size))[0]
+        return value
+
+    def _read_line(self) -> bytes:
+        line = self._source.readline(_MAX_LINE)
+        _check(line.endswith(b"\n"), "pickle text line is unterminated or too long")
+        return line[:-1]
+
+    def _read_decimal(self) -> int:
+        return _parse_int(self._read_line(), "memo index")
+
+    # ---- the stack
+
+    def _push(self, value: Any) -> None:
+        self._stack.append(value)
+
+    def _push_new(self, factory: Callable[[], Any]) -> None:
+        self._stack.append(factory())
+
+    def _op_empty_set(self) -> None:
+        # An empty set takes 216 bytes, three times a dict: it counts as four opcodes, so that
+        # the opcode budget bounds memory the same whatever opcode a pickle repeats.
+        self.opcodes += _SET_COST - 1
+        self._stack.append(set())
 
     def _pop(self) -> Any:
         if not self._stack:
@@ -578,100 +329,6 @@ class Machine:
         self._stack = self._marks.pop()
         return items
 
-    def _read_int(self, fmt: str, size: int) -> int:
-        value: int = struct.unpack(fmt, self._source.read_exact(size))[0]
-        return value
-
-    def _read_line(self) -> bytes:
-        line = self._source.readline(_MAX_LINE)
-        _check(line.endswith(b"\n"), "pickle text line is unterminated or too long")
-        return line[:-1]
-
-    # ---- opcode handlers; each returns True only for STOP
-
-    def _build_dispatch(self) -> dict[int, Callable[[], bool | None]]:
-        table: dict[bytes, Callable[[], bool | None]] = {
-            b"(": self._op_mark,
-            b".": lambda: True,
-            b"0": self._op_pop,
-            b"1": self._op_pop_mark,
-            b"2": self._op_dup,
-            b"F": self._op_float,
-            b"I": self._op_int,
-            b"J": self._op_binint,
-            b"K": self._op_binint1,
-            b"L": self._op_long,
-            b"M": self._op_binint2,
-            b"N": self._op_none,
-            b"R": self._op_reduce,
-            b"S": self._op_string,
-            b"T": self._op_binstring,
-            b"U": self._op_short_binstring,
-            b"V": self._op_unicode,
-            b"X": self._op_binunicode,
-            b"a": self._op_append,
-            b"b": self._op_build,
-            b"c": self._op_global,
-            b"d": self._op_dict,
-            b"}": self._op_empty_dict,
-            b"e": self._op_appends,
-            b"g": self._op_get,
-            b"h": self._op_binget,
-            b"j": self._op_long_binget,
-            b"l": self._op_list,
-            b"]": self._op_empty_list,
-            b"p": self._op_put,
-            b"q": self._op_binput,
-            b"r": self._op_long_binput,
-            b"s": self._op_setitem,
-            b"t": self._op_tuple,
-            b")": self._op_empty_tuple,
-            b"u": self._op_setitems,
-            b"G": self._op_binfloat,
-            b"\x80": self._op_proto,
-            b"\x81": self._op_newobj,
-            b"\x85": self._op_tuple1,
-            b"\x86": self._op_tuple2,
-            b"\x87": self._op_tuple3,
-            b"\x88": self._op_true,
-            b"\x89": self._op_false,
-            b"\x8a": self._op_long1,
-            b"\x8b": self._op_long4,
-            b"B": self._op_binbytes,
-            b"C": self._op_short_binbytes,
-            b"\x8c": self._op_short_binunicode,
-            b"\x8d": self._op_binunicode8,
-            b"\x8e": self._op_binbytes8,
-            b"\x8f": self._op_empty_set,
-            b"\x90": self._op_additems,
-            b"\x91": self._op_frozenset,
-            b"\x92": self._op_newobj_ex,
-            b"\x93": self._op_stack_global,
-            b"\x94": self._op_memoize,
-            b"\x95": self._op_frame,
-            b"\x96": self._op_bytearray8,
-            # Opcodes that create objects by other routes, or need outside help.
-            b"i": self._op_inst,
-            b"o": self._op_obj,
-            b"P": self._refuse("PERSID"),
-            b"Q": self._refuse("BINPERSID"),
-            b"\x82": self._refuse("EXT1"),
-            b"\x83": self._refuse("EXT2"),
-            b"\x84": self._refuse("EXT4"),
-            b"\x97": self._refuse("NEXT_BUFFER"),
-            b"\x98": self._refuse("READONLY_BUFFER"),
-        }
-        return {key[0]: handler for key, handler in table.items()}
-
-    def _refuse(self, name: str) -> Callable[[], None]:
-        def handler() -> None:
-            raise RefusedPickle(f"pickle opcode {name} is refused")
-
-        return handler
-
-    def _push(self, value: Any) -> None:
-        self._stack.append(value)
-
     def _op_mark(self) -> None:
         self._marks.append(self._stack)
         self._stack = []
@@ -688,129 +345,133 @@ class Machine:
     def _op_dup(self) -> None:
         self._push(self._top())
 
-    def _op_float(self) -> None:
-        try:
-            self._push(float(self._read_line()))
-        except ValueError:
-            raise CorruptPickle("malformed FLOAT") from None
+    def _skip_frame(self) -> None:
+        self._source.read_exact(8)
+
+    def _op_proto(self) -> None:
+        version = self._source.read_exact(1)[0]
+        _check(version <= 5, f"unsupported pickle protocol {version}")
+
+    def _refuse(self, name: str) -> None:
+        raise RefusedPickle(f"pickle opcode {name} is refused")
+
+    # ---- numbers
+
+    def _push_int(self, unpack: Callable[[bytes], tuple[Any, ...]], size: int) -> None:
+        self._stack.append(unpack(self._source.read_exact(size))[0])
 
     def _op_int(self) -> None:
         line = self._read_line()
         if line in (b"00", b"01"):  # protocol 0 booleans
             self._push(line == b"01")
             return
-        self._push(self._parse_int(line, "INT"))
+        self._push(_parse_int(line, "INT"))
 
     def _op_long(self) -> None:
-        self._push(self._parse_int(self._read_line().rstrip(b"L"), "LONG"))
+        self._push(_parse_int(self._read_line().rstrip(b"L"), "LONG"))
 
-    @staticmethod
-    def _parse_int(text: bytes, what: str) -> int:
-        _check(len(text) <= 2 * _MAX_LONG_BYTES + 2, f"{what} is too long")
-        try:
-            return int(text)
-        except ValueError:
-            raise CorruptPickle(f"malformed {what}") from None
-
-    def _op_binint(self) -> None:
-        self._push(self._read_int("<i", 4))
-
-    def _op_binint1(self) -> None:
-        self._push(self._source.read_exact(1)[0])
-
-    def _op_binint2(self) -> None:
-        self._push(self._read_int("<H", 2))
-
-    def _op_long1(self) -> None:
-        self._push(self._decode_long(self._source.read_exact(1)[0]))
-
-    def _op_long4(self) -> None:
-        self._push(self._decode_long(self._read_int("<i", 4)))
-
-    def _decode_long(self, n: int) -> int:
+    def _op_long_n(self, length: Callable[[], int]) -> None:
+        n = length()
         _check(0 <= n <= _MAX_LONG_BYTES, "LONG is too long")
-        return int.from_bytes(self._source.read_exact(n), "little", signed=True)
+        self._push(int.from_bytes(self._source.read_exact(n), "little", signed=True))
+
+    def _op_float(self) -> None:
+        try:
+            self._push(float(self._read_line()))
+        except ValueError:
+            raise CorruptPickle("malformed FLOAT") from None
 
     def _op_binfloat(self) -> None:
-        self._push(struct.unpack(">d", self._source.read_exact(8))[0])
+        self._push(_F8(self._source.read_exact(8))[0])
 
-    def _op_none(self) -> None:
-        self._push(None)
-
-    def _op_true(self) -> None:
-        self._push(True)
-
-    def _op_false(self) -> None:
-        self._push(False)
+    # ---- text and bytes
 
     def _op_string(self) -> None:
         line = self._read_line()
         _check(len(line) >= 2 and line[0] == line[-1] and line[:1] in (b"'", b'"'), "malformed STRING")
         try:
-            self._push(codecs.escape_decode(line[1:-1])[0].decode("latin-1"))
+            self._push_small_text(codecs.escape_decode(line[1:-1])[0].decode("latin-1"))
         except ValueError:
             raise CorruptPickle("malformed STRING") from None
 
-    def _op_binstring(self) -> None:
-        self._push_text(self._read_int("<i", 4), "latin-1")
-
-    def _op_short_binstring(self) -> None:
-        self._push_text(self._source.read_exact(1)[0], "latin-1")
-
     def _op_unicode(self) -> None:
         try:
-            self._push(self._read_line().decode("raw-unicode-escape"))
+            self._push_small_text(self._read_line().decode("raw-unicode-escape"))
         except UnicodeDecodeError:
             raise CorruptPickle("malformed UNICODE") from None
 
-    def _op_binunicode(self) -> None:
-        self._push_text(self._read_int("<I", 4), "utf-8")
-
-    def _op_short_binunicode(self) -> None:
-        self._push_text(self._source.read_exact(1)[0], "utf-8")
-
-    def _op_binunicode8(self) -> None:
-        self._push_text(self._read_int("<Q", 8), "utf-8")
-
-    def _push_text(self, n: int, encoding: str) -> None:
+    def _op_text(self, length: Callable[[], int], encoding: str) -> None:
+        n = length()
         _check(n >= 0, "negative string length")
+        if n >= LARGE_TEXT:
+            self._push(self._large_text(n, encoding))
+            return
         raw = self._source.read_exact(n)
         try:
-            self._push(raw.decode(encoding, "surrogatepass"))
+            self._push_small_text(raw.decode(encoding, "surrogatepass"))
         except UnicodeDecodeError:
             raise CorruptPickle("string is not valid UTF-8") from None
 
-    def _op_binbytes(self) -> None:
-        self._push_bytes(self._read_int("<I", 4), bytearray_=False)
+    def _push_small_text(self, text: str) -> None:
+        self._text_budget -= sys.getsizeof(text)
+        if self._text_budget < 0:
+            raise UnreadableCheckpointError(
+                f"the pickle's strings take more than {MAX_TEXT_BYTES >> 20} MiB (a limit against memory exhaustion)"
+            )
+        self._push(text)
 
-    def _op_short_binbytes(self) -> None:
-        self._push(self._source.read_exact(self._source.read_exact(1)[0]))
+    def _large_text(self, n: int, encoding: str) -> LargeText:
+        """Read ``n`` bytes of text in steps, keeping it only as latin-1 bytes (array data) or a count."""
+        if encoding == "latin-1":  # every byte is one latin-1 character
+            return LargeText(n, self._source.read_payload(n))
+        chunks = self._source.read_chunks(n, _TEXT_CHUNK)  # checks n against what may remain
+        out = np.empty(n, dtype=np.uint8) if self._source.keeps_payloads else None  # untouched pages cost nothing
+        written = chars = 0
+        latin1 = True
+        decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+        try:
+            for chunk in chunks:
+                text = decoder.decode(chunk)
+                chars += len(text)
+                if not latin1:
+                    continue
+                try:
+                    data = text.encode("latin-1")
+                except UnicodeEncodeError:
+                    latin1 = False
+                    continue
+                if out is not None:
+                    out[written : written + len(data)] = np.frombuffer(data, dtype=np.uint8)
+                written += len(data)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise CorruptPickle("string is not valid UTF-8") from None
+        if not latin1:
+            return LargeText(chars, None)
+        return LargeText(chars, out[:written] if out is not None else SkippedPayload(written))
 
-    def _op_binbytes8(self) -> None:
-        self._push_bytes(self._read_int("<Q", 8), bytearray_=False)
-
-    def _op_bytearray8(self) -> None:
-        self._push_bytes(self._read_int("<Q", 8), bytearray_=True)
-
-    def _push_bytes(self, n: int, *, bytearray_: bool) -> None:
-        if n >= _PAYLOAD_THRESHOLD:
+    def _op_bytes(self, length: Callable[[], int], kind: type[bytes] | type[bytearray]) -> None:
+        n = length()
+        _check(n >= 0, "negative length")
+        if n >= LARGE:
             self._push(self._source.read_payload(n))
         else:
             data = self._source.read_exact(n)
-            self._push(bytearray(data) if bytearray_ else data)
+            self._push(bytearray(data) if kind is bytearray else data)
+
+    # ---- containers
 
     def _op_append(self) -> None:
         item = self._pop()
         self._extend_list([item])
 
     def _op_appends(self) -> None:
-        items = self._pop_mark()
-        self._extend_list(items)
+        self._extend_list(self._pop_mark())
 
     def _extend_list(self, items: list[Any]) -> None:
         target = self._top()
         if type(target) is not list:
-            raise CorruptPickle(f"APPEND to {_type_name(target)}")
+            raise CorruptPickle(f"APPEND to {type_name(target)}")
         _check(len(target) + len(items) <= _MAX_CONTAINER_ITEMS, "list is too long")
         _check_values(items)
         target.extend(items)
@@ -820,27 +481,12 @@ class Machine:
         _check_values(items)
         self._push(items)
 
-    def _op_empty_list(self) -> None:
-        self._push([])
-
     def _op_tuple(self) -> None:
         items = self._pop_mark()
         _check_values(items)
         self._push(tuple(items))
 
-    def _op_empty_tuple(self) -> None:
-        self._push(())
-
-    def _op_tuple1(self) -> None:
-        self._tuple_n(1)
-
-    def _op_tuple2(self) -> None:
-        self._tuple_n(2)
-
-    def _op_tuple3(self) -> None:
-        self._tuple_n(3)
-
-    def _tuple_n(self, n: int) -> None:
+    def _op_tuple_n(self, n: int) -> None:
         _check(len(self._stack) >= n, "pickle stack underflow")
         items = self._stack[-n:]
         _check_values(items)
@@ -848,11 +494,7 @@ class Machine:
         self._push(tuple(items))
 
     def _op_dict(self) -> None:
-        items = self._pop_mark()
-        self._push(self._fill_dict({}, items))
-
-    def _op_empty_dict(self) -> None:
-        self._push({})
+        self._push(self._fill_dict({}, self._pop_mark()))
 
     def _op_setitem(self) -> None:
         value = self._pop()
@@ -865,57 +507,89 @@ class Machine:
 
     def _fill_dict(self, target: Any, items: list[Any]) -> dict[Any, Any]:
         if type(target) is not dict:
-            raise CorruptPickle(f"SETITEM on {_type_name(target)}")
+            raise CorruptPickle(f"SETITEM on {type_name(target)}")
         _check(len(items) % 2 == 0, "odd number of dict items")
         _check_values(items)
+        _check(len(target) + len(items) // 2 <= _MAX_CONTAINER_ITEMS, "dict is too large")
+        check_key = self._check_key
         for i in range(0, len(items), 2):
-            _check_key(items[i])
+            check_key(items[i])
             target[items[i]] = items[i + 1]
-        _check(len(target) <= _MAX_CONTAINER_ITEMS, "dict is too large")
         return target
-
-    def _op_empty_set(self) -> None:
-        self._push(set())
 
     def _op_additems(self) -> None:
         items = self._pop_mark()
         target = self._top()
         if type(target) is not set:
-            raise CorruptPickle(f"ADDITEMS on {_type_name(target)}")
+            raise CorruptPickle(f"ADDITEMS on {type_name(target)}")
+        _check(len(target) + len(items) <= _MAX_CONTAINER_ITEMS, "set is too large")
         for item in items:
-            _check_key(item)
+            self._check_key(item)
         target.update(items)
 
     def _op_frozenset(self) -> None:
         items = self._pop_mark()
         for item in items:
-            _check_key(item)
+            self._check_key(item)
         self._push(frozenset(items))
+
+    def _check_key(self, key: Any) -> None:
+        """Only plain values may be hashed: anything else could run code or fail in ways not controlled here.
+
+        Tuples are measured once each (their size counted with repeats and their
+        nesting), and every hash is charged against the pickle's key budget
+        before it happens: hashing does not memoize, so a tuple sharing itself
+        99 levels deep would otherwise hash for longer than the universe lasts.
+        """
+        if type(key) in _SIMPLE_KEYS:
+            self._key_budget -= 1
+        elif type(key) is tuple:
+            self._key_budget -= self._measure_key(key)
+        else:
+            raise CorruptPickle(f"unhashable {type_name(key)} used as a key")
+        if self._key_budget < 0:
+            raise UnreadableCheckpointError(
+                f"the pickle's dict keys and set members hold more than {MAX_KEY_ITEMS:,} items"
+            )
+
+    def _measure_key(self, key: tuple[Any, ...]) -> int:
+        sizes = self._key_sizes
+        todo: list[tuple[tuple[Any, ...], bool]] = [(key, False)]
+        while todo:
+            item, children_done = todo.pop()
+            if id(item) in sizes:
+                continue
+            if not children_done:
+                todo.append((item, True))
+                for child in item:
+                    if type(child) is tuple:
+                        if id(child) not in sizes:
+                            todo.append((child, False))
+                    elif type(child) not in _SIMPLE_KEYS:
+                        raise CorruptPickle(f"unhashable {type_name(child)} used as a key")
+                continue
+            size = depth = 1
+            for child in item:
+                if type(child) is tuple:
+                    _child, child_size, child_depth = sizes[id(child)]
+                    size += child_size
+                    depth = max(depth, child_depth + 1)
+                else:
+                    size += 1
+            _check(depth <= _MAX_KEY_DEPTH, f"a key nested deeper than {_MAX_KEY_DEPTH} levels")
+            sizes[id(item)] = (item, min(size, 1 << 62), depth)
+        return sizes[id(key)][1]
 
     # ---- memo
 
-    def _op_get(self) -> None:
-        self._memo_get(self._parse_int(self._read_line(), "GET"))
+    def _op_get(self, index: Callable[[], int]) -> None:
+        position = index()
+        if position not in self._memo:
+            raise CorruptPickle(f"memo entry {position} is missing")
+        self._push(self._memo[position])
 
-    def _op_binget(self) -> None:
-        self._memo_get(self._source.read_exact(1)[0])
-
-    def _op_long_binget(self) -> None:
-        self._memo_get(self._read_int("<I", 4))
-
-    def _memo_get(self, index: int) -> None:
-        if index not in self._memo:
-            raise CorruptPickle(f"memo entry {index} is missing")
-        self._push(self._memo[index])
-
-    def _op_put(self) -> None:
-        self._memo_put(self._parse_int(self._read_line(), "PUT"))
-
-    def _op_binput(self) -> None:
-        self._memo_put(self._source.read_exact(1)[0])
-
-    def _op_long_binput(self) -> None:
-        self._memo_put(self._read_int("<I", 4))
+    def _op_put(self, index: Callable[[], int]) -> None:
+        self._memo_put(index())
 
     def _op_memoize(self) -> None:
         self._memo_put(len(self._memo))
@@ -924,19 +598,10 @@ class Machine:
         _check(index >= 0, "negative memo index")
         value = self._top()
         self._memo[index] = value
-        if isinstance(value, _Pending):
+        if isinstance(value, Pending):
             self._pending_memo.setdefault(id(value), []).append(index)
 
-    # ---- framing
-
-    def _op_proto(self) -> None:
-        version = self._source.read_exact(1)[0]
-        _check(version <= 5, f"unsupported pickle protocol {version}")
-
-    def _op_frame(self) -> None:
-        self._read_int("<Q", 8)  # frames are a read-ahead hint; sizes are checked per read
-
-    # ---- globals and object construction: the allow-list is enforced here
+    # ---- globals and object construction
 
     def _op_global(self) -> None:
         try:
@@ -944,63 +609,34 @@ class Machine:
             name = self._read_line().decode("utf-8")
         except UnicodeDecodeError:
             raise CorruptPickle("GLOBAL name is not UTF-8") from None
-        self._push(self._resolve_global(module, name, "GLOBAL"))
-
-    def _op_inst(self) -> None:
-        if not self._scan:
-            raise RefusedPickle("pickle opcode INST is refused")
-        # Scan mode lists the global INST names (it is inline, like GLOBAL's) and goes on.
-        try:
-            module = self._read_line().decode("utf-8")
-            name = self._read_line().decode("utf-8")
-        except UnicodeDecodeError:
-            raise CorruptPickle("INST name is not UTF-8") from None
-        self._resolve_global(module, name, "INST")
-        self._pop_mark()
-        self._push(_Opaque())
-
-    def _op_obj(self) -> None:
-        if not self._scan:
-            raise RefusedPickle("pickle opcode OBJ is refused")
-        # Scan mode: the class came from GLOBAL/STACK_GLOBAL, already listed; OBJ is a call.
-        self._pop_mark()
-        self._push(_Opaque())
+        self._push(_resolve_global(module, name))
 
     def _op_stack_global(self) -> None:
         name = self._pop()
         module = self._pop()
         if type(module) is not str or type(name) is not str:
             raise CorruptPickle("STACK_GLOBAL operands are not strings")
-        self._push(self._resolve_global(module, name, "STACK_GLOBAL"))
-
-    def _resolve_global(self, module: str, name: str, opcode: str) -> Global:
-        # Bounded, so that `inspect --globals --json` cannot be made to print gigabytes.
-        _check(max(len(module), len(name)) <= _MAX_GLOBAL_NAME, f"a global name longer than {_MAX_GLOBAL_NAME}")
-        _check(len(self.globals) < _MAX_GLOBAL_REFERENCES, f"more than {_MAX_GLOBAL_REFERENCES:,} global references")
-        self.globals.append(GlobalReference(module, name, opcode, self._position))
-        if not self._scan and (module, name) not in ALLOWED_GLOBALS:
-            raise RefusedPickle(f"refused global {printable(module)}.{printable(name)} (not on the allow-list)")
-        return Global(module, name)
+        self._push(_resolve_global(module, name))
 
     def _op_reduce(self) -> None:
         args = self._pop()
         func = self._pop()
-        if self._scan:
-            self._push(_Opaque())
-            return
         if not isinstance(func, Global):
-            raise RefusedPickle(f"REDUCE on {_type_name(func)}, which is not an allowed global")
-        reducer = _REDUCERS.get((func.module, func.name))
+            raise RefusedPickle(f"REDUCE on {type_name(func)}, which is not an allowed global")
+        reducer = REDUCERS.get((func.module, func.name))
         if reducer is None:
-            raise RefusedPickle(f"REDUCE on {func}, which may only be referenced, not called")
+            raise RefusedPickle(f"REDUCE on {type_name(func)}, which may only be referenced, not called")
         if type(args) is not tuple:
-            raise CorruptPickle(f"REDUCE arguments for {func} are not a tuple")
+            raise CorruptPickle(f"REDUCE arguments for {type_name(func)} are not a tuple")
         _check_values(args)
         self._push(self._built(reducer(args)))
 
     def _built(self, value: Any) -> Any:
+        # Only arrays that can be weights are handed on: whoever converts them as they arrive
+        # must never see a dtype it cannot write (a complex64 array among the weights is refused
+        # when the load ends, and the early output with it).
         if self._on_array is not None:
-            if isinstance(value, np.ndarray):
+            if isinstance(value, np.ndarray) and logical_name(value.dtype) in WEIGHT_DTYPES:
                 self._on_array(value)
             elif isinstance(value, BFloat16Array):
                 self._on_array(value.bits)
@@ -1018,26 +654,46 @@ class Machine:
         self._new_object(cls, args, kwargs)
 
     def _new_object(self, cls: Any, args: Any, kwargs: Any) -> None:
-        if self._scan:
-            self._push(_Opaque())
-            return
-        if not isinstance(cls, Global) or (cls.module, cls.name) not in _CLASSES:
-            raise RefusedPickle(f"NEWOBJ of {_type_name(cls)}, which is not an allowed class")
+        if not isinstance(cls, Global) or (cls.module, cls.name) not in CLASSES:
+            raise RefusedPickle(f"NEWOBJ of {type_name(cls)}, which is not an allowed class")
         no_args = type(args) is tuple and not args  # type checks first: args may be arrays
         no_kwargs = kwargs is None or (type(kwargs) is dict and not kwargs)
         if not (no_args and no_kwargs):
-            raise CorruptPickle(f"NEWOBJ of {cls}: unexpected arguments")
-        self._push(_CLASSES[(cls.module, cls.name)]())
+            raise CorruptPickle(f"NEWOBJ of {type_name(cls)}: unexpected arguments")
+        self._push(CLASSES[(cls.module, cls.name)]())
 
     def _op_build(self) -> None:
         state = self._pop()
         target = self._top()
-        if self._scan:
-            return
-        if not isinstance(target, _Pending):
-            raise RefusedPickle(f"BUILD on {_type_name(target)} is refused")
+        if not isinstance(target, Pending):
+            raise RefusedPickle(f"BUILD on {type_name(target)} is refused")
         _check_values(state if type(state) is tuple else (state,))
         result = self._built(target.finish(state))
         self._stack[-1] = result
         for index in self._pending_memo.pop(id(target), ()):
             self._memo[index] = result
+
+
+def _resolve_global(module: str, name: str) -> Global:
+    if (module, name) not in ALLOWED_GLOBALS:
+        raise RefusedPickle(f"refused global {printable(module)}.{printable(name)} (not on the allow-list)")
+    return Global(module, name)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise CorruptPickle(message)
+
+
+def _parse_int(text: bytes, what: str) -> int:
+    _check(len(text) <= 2 * _MAX_LONG_BYTES + 2, f"{what} is too long")
+    try:
+        return int(text)
+    except ValueError:
+        raise CorruptPickle(f"malformed {what}") from None
+
+
+def _check_values(items: list[Any] | tuple[Any, ...]) -> None:
+    for item in items:
+        if isinstance(item, Pending):
+            raise CorruptPickle(f"{item.what} used before its state was set")

@@ -1,10 +1,4 @@
-"""A streaming safetensors writer: one tensor in memory at a time.
-
-The file is ``[u64 header length][JSON header][tensor bytes]``. The header is
-reserved up front (its worst-case size is computable from the plan even when a
-dtype is only known once its data arrives), tensors are written in order, and
-the real header, padded with spaces as the format allows, is written last.
-"""
+"""A streaming safetensors writer: one tensor in memory at a time, the header reserved up front."""
 
 from __future__ import annotations
 
@@ -61,7 +55,13 @@ def reserved_header_size(specs: Sequence[TensorSpec], metadata: Mapping[str, str
 
 
 class SafetensorsWriter:
-    """Write ``specs`` in order to ``file``; call ``finish`` with the final metadata."""
+    """Write ``specs`` in order to ``file``; call ``finish`` with the final metadata.
+
+    The file is ``[u64 header length][JSON header][tensor bytes]``. The header is
+    reserved up front (its worst-case size is computable from the plan even when a
+    dtype is only known once its data arrives), tensors are written in order, and
+    the real header, padded with spaces as the format allows, is written last.
+    """
 
     def __init__(self, file: BinaryIO, specs: Sequence[TensorSpec], metadata: Mapping[str, str]) -> None:
         self._file = file

@@ -159,8 +159,9 @@ class Payload:
 
     ``refused``: what the loader's error names. ``globals``: every global the
     pickle references (``inspect --globals`` must list each, the memo-hidden
-    ones too). ``scan_refused``: what ``--globals`` names when it stops at a
-    refused opcode instead of listing (EXT, PERSID); None when it lists.
+    ones too). ``unnamed``: an opcode that reaches an object through no global
+    name (EXT through copyreg's registry, PERSID through a hook): ``--globals``
+    lists it as a reference it cannot name, always refused.
     """
 
     name: str
@@ -168,7 +169,7 @@ class Payload:
     refused: str
     globals: frozenset[str]
     protocol: int = 2
-    scan_refused: str | None = None
+    unnamed: str | None = None
 
 
 def _system(module: str, canary: Path) -> bytes:
@@ -452,13 +453,13 @@ PAYLOADS: tuple[Payload, ...] = (
         _ext,
         "copyreg.add_extension",
         frozenset({"copyreg.add_extension"}),
-        scan_refused="EXT1",
+        unnamed="EXT1",
     ),
-    Payload("ext1", _ext_only(b"\x82"), "EXT1", frozenset(), scan_refused="EXT1"),
-    Payload("ext2", _ext_only(b"\x83"), "EXT2", frozenset(), scan_refused="EXT2"),
-    Payload("ext4", _ext_only(b"\x84"), "EXT4", frozenset(), scan_refused="EXT4"),
-    Payload("persid", _persid, "PERSID", frozenset(), scan_refused="PERSID"),
-    Payload("binpersid", _binpersid, "BINPERSID", frozenset(), scan_refused="BINPERSID"),
+    Payload("ext1", _ext_only(b"\x82"), "EXT1", frozenset(), unnamed="EXT1"),
+    Payload("ext2", _ext_only(b"\x83"), "EXT2", frozenset(), unnamed="EXT2"),
+    Payload("ext4", _ext_only(b"\x84"), "EXT4", frozenset(), unnamed="EXT4"),
+    Payload("persid", _persid, "PERSID", frozenset(), unnamed="PERSID"),
+    Payload("binpersid", _binpersid, "BINPERSID", frozenset(), unnamed="BINPERSID"),
     Payload(
         "build_setstate_trick",
         _newobj_setstate,

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from reformer_tools import loader, safe_pickle
+from reformer_tools import checkpoint, global_scan, loader, safe_pickle, summaries
 from reformer_tools.errors import UnreadableCheckpointError
 from reformer_tools.loader import load_checkpoint, scan_globals
 from tests import hostile as h
@@ -32,6 +32,11 @@ from tests.conftest import TRAX_FIXTURES, invoke
 
 CONFIG = TRAX_FIXTURES / "t141_local_axial" / "config.json"
 CASES = [(p, where) for p in h.PAYLOADS for where in h.PLACEMENTS]
+
+
+# Generous: the promise is that a file under 10 MB never takes longer than this, in any command, even
+# on a busy machine. What a test measures is whether the bound holds, not how fast a run happens to be.
+SECONDS = 30
 
 
 def files_under(directory: Path) -> set[Path]:
@@ -119,26 +124,22 @@ def test_inspect_globals_lists_every_global_and_refuses(payload: h.Payload, wher
     assert result.exit_code == 4, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1
-    if payload.scan_refused is not None:
-        # EXT and PERSID name no global the scanner could list: the scan stops there.
-        assert result.stdout == ""
-        assert result.stderr.startswith("error: ")
-        assert str(placed.hostile_file) in result.stderr
-        assert payload.scan_refused in result.stderr
-    else:
-        document = json.loads(result.stdout)
-        listed = [g for g in document["globals"] if g["file"] == str(placed.hostile_file)]
-        assert payload.globals <= {f"{g['module']}.{g['name']}" for g in listed}
-        for g in listed:  # each verdict is the exact-pair rule (and INST is never allowed)
-            expected = (g["module"], g["name"]) in safe_pickle.ALLOWED_GLOBALS and g["opcode"] != "INST"
-            assert g["allowed"] is expected, g
-        assert document["refused"] == sum(not g["allowed"] for g in document["globals"]) >= 1
-        assert result.stderr.startswith("warning: ")
-        assert "not on the allow-list" in result.stderr
+    document = json.loads(result.stdout)
+    listed = [g for g in document["globals"] if g["file"] == str(placed.hostile_file)]
+    assert payload.globals <= {f"{g['module']}.{g['name']}" for g in listed}
+    for g in listed:  # each verdict is the exact-pair rule (and INST is never allowed)
+        expected = (g["module"], g["name"]) in safe_pickle.ALLOWED_GLOBALS and g["opcode"] != "INST"
+        assert g["allowed"] is expected, g
+    if payload.unnamed is not None:
+        # EXT and PERSID reach an object through no global name: listed as such, refused, and the scan goes on.
+        assert any(g["opcode"] == payload.unnamed and not g["allowed"] for g in listed), listed
+    assert document["refused"] == sum(not g["allowed"] for g in document["globals"]) >= 1
+    assert result.stderr.startswith("warning: ")
+    assert "not on the allow-list" in result.stderr
     assert not canary.exists()
 
 
-@pytest.mark.parametrize("payload", [p for p in h.PAYLOADS if p.scan_refused is None], ids=lambda p: p.name)
+@pytest.mark.parametrize("payload", h.PAYLOADS, ids=lambda p: p.name)
 def test_inspect_globals_table_marks_refused_globals(payload: h.Payload, tmp_path: Path) -> None:
     placed = h.place(payload, "plain", tmp_path, tmp_path / "canary")
     result = invoke(["inspect", placed.checkpoint, "--globals"])
@@ -266,7 +267,7 @@ def test_gzip_bomb_behind_a_binbytes8_claim_stops_at_the_cap(tmp_path: Path, zer
     for args in (["inspect", path], ["convert", path, "--config", CONFIG, "-o", tmp_path / "out"]):
         started = time.monotonic()
         result = invoke(args)
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < SECONDS
         assert_one_error_line(result, 3, str(path), "decompressed data exceeds the 1.0 GiB limit")
     assert not (tmp_path / "out").exists()
 
@@ -282,7 +283,7 @@ def test_gzip_bomb_of_raw_data_stops_at_the_cap_in_seconds_and_bounded_memory(tm
     assert stderr == f"error: {path}: decompressed data exceeds the 1.0 GiB limit " + (
         "(64x the file size; raise it with --max-decompressed-size for a real checkpoint)\n"
     )
-    assert seconds < 20
+    assert seconds < SECONDS
     assert peak < 200  # MiB (about 60): shapes-only inspect drops each payload
     lowered = invoke(["inspect", path, "--max-decompressed-size", "1MB"])
     assert_one_error_line(lowered, 3, "exceeds the 976.6 KiB limit (set by --max-decompressed-size)")
@@ -297,7 +298,7 @@ def test_gzip_bomb_in_an_npy_side_file(tmp_path: Path, zeros_member: bytes) -> N
     for args in (["inspect", tmp_path / "model.pkl.gz"], ["verify", tmp_path / "model.pkl.gz", "--config", CONFIG]):
         started = time.monotonic()
         assert_one_error_line(invoke(args), 3, str(side), "decompressed data exceeds the 1.0 GiB limit")
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < SECONDS
 
 
 CLAIMS = {
@@ -320,7 +321,7 @@ def test_huge_length_claims_fail_fast(claim: str, compressed: bool, tmp_path: Pa
     path.write_bytes(gzip.compress(data) if compressed else data)
     started = time.monotonic()
     result = invoke(["convert", path, "--config", CONFIG, "-o", tmp_path / "out"])
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < SECONDS
     assert_one_error_line(result, 3, str(path))
     assert not (tmp_path / "out").exists()
 
@@ -341,7 +342,7 @@ def test_huge_claims_cost_no_memory(tmp_path: Path) -> None:
         code, stderr, seconds, peak = measure(args, tmp_path)
         assert code == 3, stderr
         check_line(stderr, needle)
-        assert seconds < 20
+        assert seconds < SECONDS
         assert peak < 200  # MiB (about 40: the interpreter and numpy)
 
 
@@ -457,7 +458,7 @@ def test_exponential_sharing_in_the_weights_stops_early(leaf: bytes, needle: str
     code, stderr, seconds, peak = measure(["inspect", path], tmp_path)
     assert code == 3, stderr
     check_line(stderr, needle)
-    assert seconds < 20
+    assert seconds < SECONDS
     assert peak < 300  # MiB (about 120); it was 2.9 GiB and 25 s before the node and array budgets
 
 
@@ -466,7 +467,7 @@ def test_exponential_sharing_in_metadata_is_summarized(tmp_path: Path) -> None:
     started = time.monotonic()
     result = invoke(["inspect", path, "--json"])
     assert result.exit_code == 0, result.stderr
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < SECONDS
 
 
 def test_a_million_tiny_arrays_are_refused(tmp_path: Path) -> None:
@@ -475,12 +476,12 @@ def test_a_million_tiny_arrays_are_refused(tmp_path: Path) -> None:
     code, stderr, seconds, peak = measure(["inspect", path], tmp_path)
     assert code == 3, stderr
     assert stderr == f"error: {path}: the weights hold more than 100,000 arrays\n"
-    assert seconds < 30
+    assert seconds < SECONDS
     assert peak < 400  # MiB (about 200)
 
 
 def test_too_many_npy_records_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loader, "MAX_ARRAYS", 1000)  # the default (100,000) works the same, slower
+    monkeypatch.setattr(checkpoint, "MAX_ARRAYS", 1000)  # the default (100,000) works the same, slower
     (tmp_path / "model.pkl.gz").write_bytes(gzip.compress(h.loop_checkpoint_pickle(1)))
     side = tmp_path / "model.weights.npy.gz"
     side.write_bytes(gzip.compress(h.npy_record("<f4", (1,), b"\0" * 4) * 1001))
@@ -502,30 +503,57 @@ def test_the_opcode_budget_bounds_time_and_memory(tmp_path: Path) -> None:
         assert stderr == f"error: {path}: the pickle runs more than {budget:,} opcodes " + (
             "(a limit against memory exhaustion; Trax checkpoints need far fewer)\n"
         )
-        assert seconds < 10
+        assert seconds < SECONDS
     per_opcode = (peaks[1_000_000] - peaks[400_000]) * (1 << 20) / 600_000
     print(f"{per_opcode:.0f} bytes per MARK")
     assert per_opcode < 200
     assert safe_pickle.MAX_OPCODES * per_opcode < 1 << 30
 
 
-def test_the_opcode_budget_is_on_by_default(tmp_path: Path) -> None:
+def test_the_opcode_budget_is_on_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The full 5 million is run, measured, by the stress tests (tests/test_stress.py).
     assert safe_pickle.MAX_OPCODES == 5_000_000
+    monkeypatch.setattr(safe_pickle, "MAX_OPCODES", 10_000)
     path = tmp_path / "model.pkl"
-    path.write_bytes(h.proto(4) + h.NONE * 5_000_001 + h.STOP)  # the cheapest opcode, 5 million times
-    with pytest.raises(UnreadableCheckpointError, match="more than 5,000,000 opcodes"):
+    path.write_bytes(h.proto(4) + h.NONE * 10_001 + h.STOP)  # the cheapest opcode
+    with pytest.raises(UnreadableCheckpointError, match="more than 10,000 opcodes"):
+        load_checkpoint(path)
+    path.write_bytes(h.proto(4) + b"\x8f" * 2_501 + h.STOP)  # an empty set costs four: its memory does
+    with pytest.raises(UnreadableCheckpointError, match="more than 10,000 opcodes"):
         load_checkpoint(path)
 
 
 def test_global_references_are_bounded_for_the_scanner(tmp_path: Path) -> None:
-    # `inspect --globals --json` prints every reference: their number and length are capped.
+    # `inspect --globals --json` prints every reference: repeats are counted, names cut, distinct ones capped.
     many = h.sstr("os") + h.MEMOIZE + h.sstr("system") + h.MEMOIZE + h.STACK_GLOBAL + h.POP
     many += (h.get(0) + h.get(1) + h.STACK_GLOBAL + h.POP) * 10_000
     path = tmp_path / "model.pkl"
     path.write_bytes(h.proto(4) + many + h.NONE + h.STOP)
-    assert_one_error_line(invoke(["inspect", path, "--globals", "--json"]), 3, "more than 10,000 global references")
+    (found,) = scan_globals(path)
+    assert [(r.label, r.count, r.allowed) for r in found.references] == [("os.system", 10_001, False)]
+    assert found.complete
     path.write_bytes(h.proto(4) + h.ustr("m" * 2000) + h.sstr("n") + h.STACK_GLOBAL + h.STOP)
-    assert_one_error_line(invoke(["inspect", path, "--globals"]), 3, "a global name longer than 1024")
+    (reference,) = scan_globals(path)[0].references
+    assert (reference.resolved, reference.allowed) == (False, False)
+    assert len(reference.label) < 200  # a 2,000-character operand is never kept, let alone shown
+    path.write_bytes(h.proto(4) + h.global_("m" * 2000, "n") + h.STOP)
+    (reference,) = scan_globals(path)[0].references
+    assert reference.module == "m" * 1024 + "..."
+    result = invoke(["inspect", path, "--globals"])
+    assert result.exit_code == 4
+    assert max(map(len, result.stdout.splitlines())) < 2000
+
+
+def test_distinct_global_references_are_capped_and_the_rest_reported_unscanned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(global_scan, "MAX_REFERENCES", 100)
+    path = tmp_path / "model.pkl"
+    path.write_bytes(h.proto(2) + b"".join(h.global_("os", f"f{i}") + h.POP for i in range(150)) + h.NONE + h.STOP)
+    (found,) = scan_globals(path)
+    assert len(found.references) == 100
+    (rest,) = found.unscanned
+    assert (rest.end, "more than 100 different global references" in rest.reason) == (None, True)
 
 
 def test_many_metadata_entries_are_summarized_briefly(tmp_path: Path) -> None:
@@ -537,7 +565,7 @@ def test_many_metadata_entries_are_summarized_briefly(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert "...: 199,900 more entries, not shown" in result.stdout
     assert result.stdout.count("\n") < 200
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < SECONDS
 
 
 def test_a_comparison_with_an_array_is_not_an_internal_error(tmp_path: Path) -> None:
@@ -553,7 +581,7 @@ def test_a_comparison_with_an_array_is_not_an_internal_error(tmp_path: Path) -> 
     for call, code, needle in (
         (h.call(h.global_("collections", "OrderedDict"), array), 3, "OrderedDict: unexpected arguments"),
         (h.call(frombuffer, h.latin1_bytes(b""), h.numpy_dtype("f4"), h.tup(), array), 3, "malformed order"),
-        (h.call(h.global_("_codecs", "encode"), h.ustr("x"), array), 4, "refuses encoding array("),
+        (h.call(h.global_("_codecs", "encode"), h.ustr("x"), array), 4, "refuses encoding ndarray"),
         (h.global_("trax.shapes", "ShapeDtype") + array + h.EMPTY_DICT + h.NEWOBJ_EX, 3, "unexpected arguments"),
     ):
         path.write_bytes(h.proto(2) + h.dct((h.string("weights"), call)) + h.STOP)
@@ -659,4 +687,13 @@ def test_security_md_states_the_limits_the_code_enforces() -> None:
     assert f"| {loader.MAX_ARRAYS:,} |" in SECURITY
     assert f"| {loader.MAX_TREE_NODES:,} |" in SECURITY
     assert f"| {loader.MAX_TREE_DEPTH:,} levels |" in SECURITY
+    assert f"| {loader.MAX_PATH_CHARS:,} |" in SECURITY
+    assert f"| {loader.MAX_SHARDS:,} |" in SECURITY
+    assert f"| {safe_pickle.MAX_KEY_ITEMS:,} |" in SECURITY
+    assert f"| {safe_pickle.MAX_TEXT_BYTES >> 20} MiB |" in SECURITY
+    assert f"| {summaries.MAX_VISITS:,} |" in SECURITY
+    assert f"| {global_scan.MAX_REFERENCES:,}; 1,024 |" in SECURITY
+    assert f"| {global_scan.MAX_SPANS:,} |" in SECURITY
+    assert "A string of 1 MiB or more is never decoded" in SECURITY
+    assert safe_pickle.LARGE_TEXT == 1 << 20
     assert f"{len(h.PAYLOADS)} hostile payloads" in SECURITY

@@ -1,0 +1,141 @@
+"""What a loaded Trax checkpoint is: its format, weight leaves in Trax order, and metadata lines."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reformer_tools.dtypes import itemsize
+from reformer_tools.errors import ReformerToolsError
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    Array = npt.NDArray[Any]
+
+#: Weight arrays one checkpoint may hold, in any format (a Trax Reformer has hundreds).
+#: Read at each load (tests lower it).
+MAX_ARRAYS = 100_000
+
+
+class CheckpointFormat(str, Enum):
+    """The container a checkpoint came in. Values appear in ``--json`` output."""
+
+    PICKLE_TREE = "pickle-weights-tree"
+    GZIP_FLAT = "gzip-flat-weights"
+    GZIP_SHARDED = "gzip-sharded-weights"
+    NPY_SIDE_FILE = "npy-side-file"
+    NPY_STREAM = "npy-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One weight array: where it sits in the file and what it holds."""
+
+    index: int
+    path: str
+    shape: tuple[int, ...]
+    dtype: str  # logical dtype: "float32", "bfloat16", ...
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * itemsize(self.dtype)
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataItem:
+    """A non-weight entry of the checkpoint, summarized in one line."""
+
+    key: str
+    summary: str
+
+
+#: Reads a side file's records in order: (leaf, storage array); ``headers_only`` skips the data.
+RecordReader = Callable[[bool], Iterator[tuple[Leaf, "Array"]]]
+#: sha256 of the checkpoint's files by name, waiting for any hashing still running.
+DigestSource = Callable[[], dict[str, str]]
+
+
+@dataclass
+class TraxCheckpoint:
+    """A loaded checkpoint. Arrays are storage arrays (bfloat16 as uint16 bits)."""
+
+    path: Path
+    format: CheckpointFormat
+    description: str
+    metadata: list[MetadataItem]
+    step: int | None = None
+    version_timestamp: str | None = None
+    weight_files: tuple[Path, ...] = ()
+    max_decompressed: int | None = None
+    has_data: bool = True  # False: loaded for shapes only
+    # In-memory formats hold arrays; side-file formats read weight_files[0] with _records.
+    _arrays: list[Array | None] | None = None
+    _leaves: list[Leaf] | None = None
+    _records: RecordReader | None = None
+    _digests: DigestSource | None = field(default=None, repr=False)
+
+    @property
+    def leaves(self) -> list[Leaf]:
+        """Every weight array's path, shape and dtype (reads side files' headers)."""
+        if self._leaves is None:
+            for _ in self.iter_arrays(headers_only=True):
+                pass
+        assert self._leaves is not None
+        return self._leaves
+
+    @property
+    def leaves_known(self) -> bool:
+        """Whether ``leaves`` is available without reading the side file again."""
+        return self._leaves is not None
+
+    def holds_exactly(self, arrays: list[Array]) -> bool:
+        """Whether the weights are exactly these array objects, in this order."""
+        return (
+            self._arrays is not None
+            and len(self._arrays) == len(arrays)
+            and all(mine is theirs for mine, theirs in zip(self._arrays, arrays, strict=True))
+        )
+
+    def digests(self) -> dict[str, str]:
+        """sha256 of the checkpoint and its weight files, hashing any not hashed while loading."""
+        if self._digests is None:  # made outside load_checkpoint: hash now
+            from reformer_tools.byte_source import FileDigests
+
+            self._digests = FileDigests((self.path, *self.weight_files), background=False)
+        return self._digests()
+
+    def iter_arrays(self, *, release: bool = False, headers_only: bool = False) -> Iterator[tuple[Leaf, Array]]:
+        """Yield (leaf, storage array) in Trax order.
+
+        ``release`` drops the loader's reference to each array once yielded, so
+        a caller that writes and forgets arrays one by one holds about one
+        tensor at a time. ``headers_only`` (side files) skips array data and
+        yields empty placeholders.
+        """
+        if not (self.has_data or headers_only):
+            raise ValueError(f"{self.path} was loaded for its shapes only (data=False)")
+        if self._arrays is None:
+            assert self._records is not None
+            leaves: list[Leaf] = []
+            for leaf, array in self._records(headers_only):
+                leaves.append(leaf)
+                yield leaf, array
+            self._leaves = leaves
+            return
+        assert self._leaves is not None
+        for leaf in self._leaves:
+            stored = self._arrays[leaf.index]
+            if stored is None:
+                raise ReformerToolsError(f"{self.path}: array {leaf.path} was already released")
+            if release:
+                self._arrays[leaf.index] = None
+            yield leaf, stored
