@@ -1,10 +1,12 @@
-"""Mutated real checkpoints: the loader succeeds or raises a documented error, quickly, in bounded memory.
+"""Mutated real checkpoints, fuzzed .npy headers and metadata: the loader succeeds or raises a documented error.
 
 Every Trax format among the fixtures is mutated by hypothesis: byte flips,
 truncations, insertions, deletions, duplicated stretches, length fields set
 to extreme values, and pickle opcodes (hostile ones included) spliced in at
-opcode boundaries, in the decompressed stream or in the gzip bytes. The run
-is derandomized, so CI sees the same cases every time.
+opcode boundaries, in the decompressed stream or in the gzip bytes. .npy
+record headers and metadata values are drawn whole. Runs are derandomized,
+so CI sees the same cases every time. The default run draws a few hundred
+cases of each; the ``stress`` marker (CI) runs thousands.
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ from hypothesis import strategies as st
 from reformer_tools.errors import ReformerToolsError
 from reformer_tools.loader import load_checkpoint, scan_globals
 from tests import hostile as h
+from tests import trax_writer as tw
 from tests.conftest import TRAX_FIXTURES, invoke
 from tests.test_hostile import check_line, files_under
 
 LOCAL = TRAX_FIXTURES / "t141_local_axial"
 CONFIG = LOCAL / "config.json"
-SECONDS_PER_CASE = 2.0
+# Generous: the promise is 30 s for any file under 10 MB, and the machine may be busy. Cases take milliseconds.
+SECONDS_PER_CASE = 20.0
+FAST = 200  # cases per fuzz test in the default run
+LONG = 2500  # cases per fuzz test under the stress marker
 
 
 @dataclass(frozen=True)
@@ -291,13 +297,27 @@ def mutated(target: Target, raw_gzip: bool, steps: list[tuple[Any, ...]]) -> byt
     return data
 
 
-@settings(
-    max_examples=2500,
+FUZZ = settings(
     deadline=None,
     derandomize=True,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+def check_mutated(case: tuple[Target, bool, list[tuple[Any, ...]]], workdir: Path) -> None:
+    target, raw_gzip, steps = case
+    path = write_case(workdir, target, mutated(target, raw_gzip, steps), raw_gzip)
+    started = time.monotonic()
+    with memory_ceiling():
+        loaded = exercise(path)
+    assert time.monotonic() - started < SECONDS_PER_CASE
+    if loaded and target.compressed:
+        # Whatever loads must be gzip that Python's own gzip accepts, CRC and length included.
+        gzip.decompress((workdir / target.mutate).read_bytes())
+
+
+@settings(FUZZ, max_examples=FAST)
 @given(case=CASES)
 # Regressions: each of these was an internal error (or, for the CRC, a silent success) before a fix.
 @example(case=(BY_NAME["trainer-gzip"], True, [("truncate", ("byte", TRAILER_AT + 4))]))
@@ -313,15 +333,16 @@ def mutated(target: Target, raw_gzip: bool, steps: list[tuple[Any, ...]]) -> byt
 def test_mutated_checkpoints_load_or_fail_cleanly(
     case: tuple[Target, bool, list[tuple[Any, ...]]], workdir: Path
 ) -> None:
-    target, raw_gzip, steps = case
-    path = write_case(workdir, target, mutated(target, raw_gzip, steps), raw_gzip)
-    started = time.monotonic()
-    with memory_ceiling():
-        loaded = exercise(path)
-    assert time.monotonic() - started < SECONDS_PER_CASE
-    if loaded and target.compressed:
-        # Whatever loads must be gzip that Python's own gzip accepts, CRC and length included.
-        gzip.decompress((workdir / target.mutate).read_bytes())
+    check_mutated(case, workdir)
+
+
+@pytest.mark.stress
+@settings(FUZZ, max_examples=LONG)
+@given(case=CASES)
+def test_mutated_checkpoints_load_or_fail_cleanly_long(
+    case: tuple[Target, bool, list[tuple[Any, ...]]], workdir: Path
+) -> None:
+    check_mutated(case, workdir)
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, database=None)
@@ -345,3 +366,160 @@ def test_mutated_checkpoints_through_the_cli(case: tuple[Target, bool, list[tupl
             assert not out.exists()
         assert files_under(workdir) == before
     shutil.rmtree(out, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ .npy headers
+
+DESCRS = (
+    "<f4", ">f4", "<u2", "|u1", "<i4", "<c8", "f4,,", "i4,O", "M8[us/0]", "M8[xx]", "|O", "O", "|V8", "<U4",
+    "(2,)f4", "2f4", "f16", "g", "T", "", "f4 ", "float32", "bool_", "<" * 20,
+)  # fmt: skip
+header_value = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.sampled_from(DESCRS),
+        st.text(max_size=12),
+        st.floats(allow_nan=False),
+    ),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.lists(children, max_size=4).map(tuple)),
+    max_leaves=12,
+)
+shapes = st.one_of(
+    st.lists(st.integers(0, 4), max_size=3).map(tuple),
+    st.lists(st.sampled_from([0, 1, 2**31, 2**62, 10**30, -1]), max_size=33).map(tuple),
+    header_value,
+)
+headers = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "descr": st.one_of(st.sampled_from(DESCRS), header_value),
+            "fortran_order": st.one_of(st.booleans(), header_value),
+            "shape": shapes,
+        }
+    ),
+    st.dictionaries(st.sampled_from(["descr", "fortran_order", "shape", "extra"]), header_value, max_size=4),
+    header_value,
+)
+header_text = st.one_of(
+    headers.map(repr), st.text(max_size=200), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))
+)
+
+
+def npy_record_of(text: str, data: bytes, version: int) -> bytes:
+    raw = text.encode("latin-1", "replace")
+    size = struct.pack("<H" if version == 1 else "<I", len(raw))
+    return b"\x93NUMPY" + bytes([version, 0]) + size + raw + data
+
+
+def check_npy_header(text: str, data: bytes, version: int, where: str, workdir: Path) -> None:
+    for stale in workdir.iterdir():
+        stale.unlink()
+    record = npy_record_of(text, data, version)
+    if where == "side":
+        path = workdir / "model.pkl.gz"
+        path.write_bytes(gzip.compress(h.loop_checkpoint_pickle(1)))
+        (workdir / "model.weights.npy.gz").write_bytes(gzip.compress(record))
+    else:
+        path = workdir / "weights.npy"
+        path.write_bytes(record)
+    started = time.monotonic()
+    with memory_ceiling():
+        exercise(path)
+    assert time.monotonic() - started < SECONDS_PER_CASE
+
+
+NPY_CASES = st.tuples(
+    header_text, st.binary(max_size=64), st.sampled_from([1, 2, 3, 9]), st.sampled_from(["side", "stream"])
+)
+
+
+@settings(FUZZ, max_examples=FAST)
+@given(case=NPY_CASES)
+@example(case=("{'descr': 'M8[us/0]', 'fortran_order': False, 'shape': (1,)}", bytes(8), 1, "side"))
+@example(case=("{'descr': 'f4,,', 'fortran_order': False, 'shape': (1,)}", bytes(8), 1, "stream"))
+def test_npy_headers_load_or_fail_cleanly(case: tuple[str, bytes, int, str], workdir: Path) -> None:
+    check_npy_header(*case, workdir)
+
+
+@pytest.mark.stress
+@settings(FUZZ, max_examples=LONG)
+@given(case=NPY_CASES)
+def test_npy_headers_load_or_fail_cleanly_long(case: tuple[str, bytes, int, str], workdir: Path) -> None:
+    check_npy_header(*case, workdir)
+
+
+# ------------------------------------------------------------------ metadata
+
+
+def _array(code: str) -> Any:
+    return np.zeros(2, np.dtype(code))
+
+
+metadata_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**511), 2**511 - 1),
+    st.floats(),
+    st.text(max_size=40),
+    st.binary(max_size=40),
+    st.sampled_from(["f4", "u2", "i4", "c8", "u8", "b1", "f2", "f8"]).map(_array),
+    st.tuples(st.lists(st.integers(0, 9), max_size=4).map(tuple), st.sampled_from(["int32", "float32"])).map(
+        lambda args: tw.shape_dtype(args[0], np.dtype(args[1]))
+    ),
+)
+metadata_value = st.recursive(
+    metadata_leaf,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.lists(children, max_size=4).map(tuple),
+        st.dictionaries(
+            st.one_of(st.text(max_size=8), st.integers(), st.tuples(st.integers(), st.text(max_size=3))),
+            children,
+            max_size=4,
+        ),
+        children.map(lambda x: (x, x)),  # shared: the pickler memoizes the second reference
+        children.map(lambda x: tw.NewObj(tw.ref("trax.history", "History"), {"_values": {"train": {"loss": [x]}}})),
+    ),
+    max_leaves=30,
+)
+METADATA_CASES = st.tuples(
+    st.dictionaries(
+        st.text(max_size=10).filter(lambda k: k not in ("weights", "flat_weights")), metadata_value, max_size=6
+    ),
+    st.sampled_from([2, 4, 5]),
+)
+
+
+def check_metadata(case: tuple[dict[str, Any], int], workdir: Path) -> None:
+    entries, protocol = case
+    for stale in workdir.iterdir():
+        stale.unlink()
+    path = workdir / "model.pkl"
+    path.write_bytes(tw.Encoding(protocol=protocol).dumps({"weights": [np.ones((2, 3), np.float32)], **entries}))
+    started = time.monotonic()
+    with memory_ceiling():
+        exercise(path)
+        try:
+            checkpoint = load_checkpoint(path, data=False)
+        except ReformerToolsError:
+            return
+    assert time.monotonic() - started < SECONDS_PER_CASE
+    for item in checkpoint.metadata:
+        assert len(item.key) < 200
+        assert len(item.summary) < 1000
+        assert item.summary.isprintable()
+
+
+@settings(FUZZ, max_examples=FAST)
+@given(case=METADATA_CASES)
+def test_metadata_loads_or_fails_cleanly(case: tuple[dict[str, Any], int], workdir: Path) -> None:
+    check_metadata(case, workdir)
+
+
+@pytest.mark.stress
+@settings(FUZZ, max_examples=LONG)
+@given(case=METADATA_CASES)
+def test_metadata_loads_or_fails_cleanly_long(case: tuple[dict[str, Any], int], workdir: Path) -> None:
+    check_metadata(case, workdir)
