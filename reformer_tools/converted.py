@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +77,8 @@ def open_converted(path: Path) -> ConvertedModel:
         return ConvertedModel(path, _read_safetensors(path), None)
     except NotConverted as error:
         raise UnreadableCheckpointError(f"{path}: not a converted model ({_KINDS}): {error}") from None
-    except (OSError, ValueError) as error:
-        message = printable(str(error), 300)
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: JSON nested too deeply
+        message = printable(str(error).split("\n", 1)[0], 300)
         raise UnreadableCheckpointError(f"{path}: cannot read the converted model ({message})") from None
 
 
@@ -86,7 +88,10 @@ def _open_directory(path: Path) -> ConvertedModel:
     index = path / "model.safetensors.index.json"
     tensors: dict[str, StoredTensor] = {}
     if index.exists():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        document = json.loads(index.read_text(encoding="utf-8"))
+        weight_map = document.get("weight_map") if isinstance(document, dict) else None
+        if not isinstance(weight_map, dict) or not all(_is_file_name(v) for v in weight_map.values()):
+            raise ValueError("model.safetensors.index.json has no weight_map of file names in this directory")
         for shard in sorted(set(weight_map.values())):
             tensors.update(_read_safetensors(path / shard))
     elif (path / "model.safetensors").exists():
@@ -96,6 +101,11 @@ def _open_directory(path: Path) -> ConvertedModel:
     else:
         raise ValueError("no model.safetensors, model.safetensors.index.json or pytorch_model.bin in it")
     return ConvertedModel(path, tensors, config)
+
+
+def _is_file_name(value: object) -> bool:
+    """A plain name of a file in the same directory (not a path elsewhere)."""
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\0" not in value
 
 
 def _read_safetensors(path: Path) -> dict[str, StoredTensor]:
@@ -115,7 +125,8 @@ def _read_safetensors(path: Path) -> dict[str, StoredTensor]:
             continue
         if not isinstance(entry, dict):
             raise ValueError(f"tensor {shown(key)} has no dtype, shape and offsets")
-        dtype = BY_SAFETENSORS.get(entry.get("dtype"))  # type: ignore[arg-type]
+        code = entry.get("dtype")
+        dtype = BY_SAFETENSORS.get(code) if isinstance(code, str) else None
         if dtype is None:
             raise ValueError(f"tensor {shown(key)} has an unknown dtype {shown(entry.get('dtype'), 20)}")
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
@@ -137,7 +148,10 @@ def _read_safetensors(path: Path) -> dict[str, StoredTensor]:
 def _read_bin(path: Path) -> dict[str, StoredTensor]:
     from reformer_tools.hf import load_torch_state_dict
 
-    return {
-        key: StoredTensor(path, dtype, tuple(array.shape), array=array)
-        for key, (array, dtype) in load_torch_state_dict(path).items()
-    }
+    try:
+        state = load_torch_state_dict(path)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
+        # torch.load(weights_only=True) refused or could not parse it: say so in one line.
+        first = str(error).split("\n", 1)[0]
+        raise ValueError(f"torch.load could not read it: {printable(first, 200)}") from None
+    return {key: StoredTensor(path, dtype, tuple(array.shape), array=array) for key, (array, dtype) in state.items()}

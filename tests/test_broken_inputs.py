@@ -403,3 +403,18 @@ def test_verify_names_what_is_not_a_converted_model(name: str, content: bytes, t
     path.write_bytes(content)
     result = invoke(["verify", LOCAL / "model.pkl", path, "--config", CONFIG])
     assert_one_error_line(result, 3, f"{path}: not a converted model (a model directory, a .safetensors file or a .bin")
+
+
+def test_verify_reads_a_broken_converted_model_as_unreadable(tmp_path: Path) -> None:
+    # torch.load's refusal and JSON nested 200,000 deep were internal errors (exit 70).
+    deep = b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    (tmp_path / "deep.safetensors").write_bytes(len(deep).to_bytes(8, "little") + deep)
+    (tmp_path / "garbage.bin").write_bytes(b"garbage")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "config.json").write_text("[" * 200_000)
+    (tmp_path / "dir" / "model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")
+    (tmp_path / "escape").mkdir()
+    (tmp_path / "escape" / "model.safetensors.index.json").write_text('{"weight_map": {"k": "../deep.safetensors"}}')
+    for name in ("deep.safetensors", "garbage.bin", "dir", "escape"):
+        result = invoke(["verify", LOCAL / "model.pkl", tmp_path / name, "--config", CONFIG])
+        assert_one_error_line(result, 3, f"{tmp_path / name}: cannot read the converted model")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import gzip
+import json
 import pickle  # to write the shard fixture only: dumping plain arrays runs nothing
 import pickletools
 import resource
@@ -523,3 +524,48 @@ def test_metadata_loads_or_fails_cleanly(case: tuple[dict[str, Any], int], workd
 @given(case=METADATA_CASES)
 def test_metadata_loads_or_fails_cleanly_long(case: tuple[dict[str, Any], int], workdir: Path) -> None:
     check_metadata(case, workdir)
+
+
+# ------------------------------------------------------------------ converted models (verify's CONVERTED)
+
+json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.text(max_size=8), st.sampled_from(["F32", "BF16", "X"])
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+entry = st.fixed_dictionaries(
+    {
+        "dtype": st.one_of(st.sampled_from(["F32", "BF16", "F16", "I64", "BOOL", "Q"]), json_value),
+        "shape": st.one_of(st.lists(st.integers(0, 4), max_size=3), json_value),
+        "data_offsets": st.one_of(st.lists(st.integers(0, 64), min_size=2, max_size=2), json_value),
+    }
+)
+safetensors_header = st.one_of(
+    st.dictionaries(st.text(max_size=8), st.one_of(entry, json_value), max_size=4), json_value
+)
+
+
+@settings(FUZZ, max_examples=FAST)
+@given(header=safetensors_header, data=st.binary(max_size=64), length_delta=st.sampled_from([0, 0, 0, -1, 1, 2**40]))
+def test_converted_models_read_or_fail_cleanly(header: Any, data: bytes, length_delta: int, workdir: Path) -> None:
+    from reformer_tools.converted import open_converted
+
+    raw = json.dumps(header).encode()
+    path = workdir / "model.safetensors"
+    for stale in workdir.iterdir():
+        stale.unlink()
+    path.write_bytes(struct.pack("<Q", max(0, len(raw) + length_delta)) + raw + data)
+    try:
+        model = open_converted(path)
+    except ReformerToolsError as error:
+        failure: ReformerToolsError | None = error
+    else:
+        failure = None
+        for key in model.tensors:
+            assert model.load(key).nbytes >= 0
+    assert failure is None or failure.exit_code == 3
