@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reformer_tools.dtypes import itemsize
-from reformer_tools.errors import ReformerToolsError
+from reformer_tools.errors import ReformerToolsError, UnreadableCheckpointError
+from reformer_tools.untrusted import printable
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -48,6 +49,14 @@ class Leaf:
     @property
     def nbytes(self) -> int:
         return self.size * itemsize(self.dtype)
+
+
+def require_weight_shape(shape: tuple[int, ...], where: str) -> None:
+    """Refuse (exit 3) an array that cannot be a model weight by its shape: every weight has a dimension."""
+    if not shape:
+        raise UnreadableCheckpointError(
+            f"{printable(where, 200)} is a scalar; weights are arrays of one or more dimensions"
+        )
 
 
 @dataclass(frozen=True, slots=True)

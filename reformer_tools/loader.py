@@ -22,7 +22,7 @@ from reformer_tools.byte_source import (
     open_file,
     with_file,
 )
-from reformer_tools.checkpoint import CheckpointFormat, Leaf, MetadataItem, TraxCheckpoint
+from reformer_tools.checkpoint import CheckpointFormat, Leaf, MetadataItem, TraxCheckpoint, require_weight_shape
 from reformer_tools.dtypes import logical_name, native, require_weight_dtype
 from reformer_tools.errors import ReformerToolsError, UnreadableCheckpointError
 from reformer_tools.npy_records import NPY_MAGIC, first_header, read_records, side_file_candidates
@@ -400,6 +400,7 @@ def _is_bfloat16_pair(node: Any) -> bool:
 
 def _leaf_array(node: Any, path: str) -> tuple[Array, str]:
     if isinstance(node, BFloat16Array):
+        require_weight_shape(node.shape, path)
         return node.bits, "bfloat16"
     if isinstance(node, np.generic):
         node = np.asarray(node)
@@ -408,6 +409,7 @@ def _leaf_array(node: Any, path: str) -> tuple[Array, str]:
     array = native(node)
     dtype = logical_name(array.dtype)
     require_weight_dtype(dtype, path)
+    require_weight_shape(tuple(array.shape), path)
     return array, dtype
 
 

@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from reformer_tools import checkpoint as model
 from reformer_tools.byte_source import ByteSource, open_file, with_file
-from reformer_tools.checkpoint import Leaf
+from reformer_tools.checkpoint import Leaf, require_weight_shape
 from reformer_tools.dtypes import check_shape, logical_name, native, require_weight_dtype, untrusted_dtype
 from reformer_tools.errors import ReformerToolsError, UnreadableCheckpointError, UnsafeCheckpointError
 
@@ -104,6 +104,7 @@ def read_records(side: Path, max_decompressed: int | None, *, headers_only: bool
                 assert header.dtype is not None
                 leaf = Leaf(index, f"{side.name}[{index}]", header.shape, logical_name(header.dtype))
                 require_weight_dtype(leaf.dtype, leaf.path)
+                require_weight_shape(leaf.shape, leaf.path)
                 if headers_only:
                     opened.source.skip(header.nbytes)
                     array: Array = np.empty(0, dtype=header.dtype)
@@ -137,6 +138,7 @@ def first_header(side: Path, max_decompressed: int | None) -> RecordHeader:
             raise UnreadableCheckpointError("holds no arrays (an empty .npy stream)")
         assert header.dtype is not None
         require_weight_dtype(logical_name(header.dtype), f"{side.name}[0]")
+        require_weight_shape(header.shape, f"{side.name}[0]")
         return header
     except ReformerToolsError as error:
         raise with_file(error, side) from None

@@ -228,6 +228,20 @@ def test_a_tree_without_arrays_is_no_checkpoint(tmp_path: Path) -> None:
     assert_refused_by_loading_commands(results, 3, "'weights' holds no weight arrays")
 
 
+@pytest.mark.parametrize("where", ["plain", "npy"])
+def test_a_scalar_is_no_weight(where: str, tmp_path: Path) -> None:
+    # A 0-d array among the weights reached the mapper's layout reading (IndexError, exit 70).
+    path = tmp_path / "ckpt" / "model.pkl"
+    path.parent.mkdir()
+    if where == "plain":
+        path.write_bytes(a.checkpoint(b"", weights=h.lst(h.small_array(), h.numpy_array((), "f4", bytes(4)))))
+    else:
+        path = path.with_name("weights.npy")
+        path.write_bytes(h.npy_record("<f4", (2,), bytes(8)) + h.npy_record("<f4", (), bytes(4)))
+    results = every_command(path, tmp_path)
+    assert_refused_by_loading_commands(results, 3, "[1] is a scalar; weights are arrays of one or more dimensions")
+
+
 def test_a_npy_of_token_ids_is_no_checkpoint(tmp_path: Path) -> None:
     path = a.input_ids_npy(tmp_path / "ckpt")
     results = every_command(path, tmp_path)
