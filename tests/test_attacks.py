@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import Result
 
-from reformer_tools import global_scan, safe_pickle
+from reformer_tools import checkpoint, global_scan, loader, safe_pickle, summaries
 from reformer_tools.checkpoint import CheckpointFormat
 from reformer_tools.errors import ReformerToolsError
 from reformer_tools.loader import load_checkpoint, scan_globals
@@ -107,14 +107,19 @@ def test_a_shape_dtype_shape_must_be_a_few_integers(build: a.Builder, tmp_path: 
     assert_refused_by_loading_commands(results, 3, "trax ShapeDtype: malformed shape (not a few integers)")
 
 
-def test_a_wide_deep_weights_tree_is_walked_one_level_at_a_time(tmp_path: Path) -> None:
+def test_a_wide_deep_weights_tree_is_walked_one_level_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # 999 levels, then 4 million entries: every child's path (3 KB each) was built before any was
     # looked at (9.9 GB, then a MemoryError traceback). Now the first non-array stops the walk.
-    path = a.wide_deep_tree(tmp_path / "ckpt", 0.05)
+    path = a.wide_deep_tree(tmp_path / "ckpt", 0.01)
     results = every_command(path, tmp_path)
     assert_refused_by_loading_commands(results, 3, "the weights hold a NoneType at weights[0][0][0]")
-    arrays = h.small_array() + h.MEMOIZE + h.POP + h.EMPTY_LIST + h.MARK + h.get(0) * 1_000_001 + h.APPENDS
-    for depth, needle in ((10, "more than 100,000 arrays"), (900, "too large or refers to itself (its paths)")):
+    # Many arrays shallow: the array limit; deep: the paths' characters (checked before a path is built).
+    monkeypatch.setattr(checkpoint, "MAX_ARRAYS", 1000)
+    monkeypatch.setattr(loader, "MAX_PATH_CHARS", 100_000)
+    arrays = h.small_array() + h.MEMOIZE + h.POP + h.EMPTY_LIST + h.MARK + h.get(0) * 1001 + h.APPENDS
+    for depth, needle in ((10, "more than 1,000 arrays"), (900, "too large or refers to itself (its paths)")):
         path = tmp_path / f"depth{depth}" / "model.pkl"
         path.parent.mkdir()
         path.write_bytes(a.checkpoint(b"", weights=h.EMPTY_LIST * depth + arrays + h.APPEND * depth))
@@ -145,15 +150,16 @@ def test_strings_are_budgeted_by_the_memory_they_take(tmp_path: Path, monkeypatc
         load_checkpoint(path)
 
 
-def test_metadata_summaries_share_one_budget(tmp_path: Path) -> None:
-    # 100 entries, each the same list of 600,000 lists: counted once, up to the budget, not 100 times.
-    many = h.EMPTY_LIST + h.MEMOIZE + h.POP + h.EMPTY_LIST + h.MARK + h.get(0) * 600_000 + h.APPENDS + h.MEMOIZE
+def test_metadata_summaries_share_one_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 100 entries, each the same list of 6,000 lists: counted once, up to the budget, not 100 times.
+    monkeypatch.setattr(summaries, "MAX_VISITS", 10_000)
+    many = h.EMPTY_LIST + h.MEMOIZE + h.POP + h.EMPTY_LIST + h.MARK + h.get(0) * 6_000 + h.APPENDS + h.MEMOIZE
     entries = many + h.POP + b"".join(a.entry(f"e{i}", h.get(1)) for i in range(100))
     path = tmp_path / "model.pkl"
     path.write_bytes(a.checkpoint(entries))
     metadata = {item.key: item.summary for item in load_checkpoint(path, data=False).metadata}
-    assert metadata["e0"] == "list of 600000 items, no arrays"
-    assert metadata["e99"] == "list of 600000 items, too many to look through"
+    assert metadata["e0"] == "list of 6000 items, no arrays"
+    assert metadata["e99"] == "list of 6000 items, too many to look through"
 
 
 # ------------------------------------------------------------------ internal errors from input

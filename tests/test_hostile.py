@@ -62,7 +62,14 @@ def check_line(stderr: str, *needles: str, prefix: str = "error: ") -> None:
         assert needle in stderr, (needle, stderr)
 
 
-def commands(checkpoint: Path, out: Path) -> list[list[str | Path]]:
+def commands(checkpoint: Path, out: Path, *, every: bool = True) -> list[list[str | Path]]:
+    """The commands that read a checkpoint; ``every`` False: one of each (the default run's matrix)."""
+    if not every:
+        return [
+            ["inspect", checkpoint],
+            ["convert", checkpoint, "--config", CONFIG, "-o", out],
+            ["verify", checkpoint, "--config", CONFIG],
+        ]
     return [
         ["inspect", checkpoint],
         ["inspect", checkpoint, "--json"],
@@ -104,16 +111,26 @@ def test_memo_hidden_stack_global_has_no_strings_next_to_it(tmp_path: Path) -> N
 # ------------------------------------------------------------------ refused by every command
 
 
-@pytest.mark.parametrize(("payload", "where"), CASES, ids=[f"{p.name}-{w}" for p, w in CASES])
-def test_payload_is_refused_by_every_command(payload: h.Payload, where: str, tmp_path: Path) -> None:
+def check_refused_by_every_command(payload: h.Payload, where: str, tmp_path: Path, *, every: bool) -> None:
     canary = tmp_path / "canary"
     placed = h.place(payload, where, tmp_path / "ckpt", canary)
     before = files_under(tmp_path)
-    for args in commands(placed.checkpoint, tmp_path / "out"):
+    for args in commands(placed.checkpoint, tmp_path / "out", every=every):
         result = invoke(args)
         assert_one_error_line(result, 4, str(placed.hostile_file), placed.refused)
         assert files_under(tmp_path) == before, args  # no output, no temporary file, no canary
     assert not canary.exists()
+
+
+@pytest.mark.parametrize(("payload", "where"), CASES, ids=[f"{p.name}-{w}" for p, w in CASES])
+def test_payload_is_refused_by_every_command(payload: h.Payload, where: str, tmp_path: Path) -> None:
+    check_refused_by_every_command(payload, where, tmp_path, every=False)
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize(("payload", "where"), CASES, ids=[f"{p.name}-{w}" for p, w in CASES])
+def test_payload_is_refused_by_every_command_and_output(payload: h.Payload, where: str, tmp_path: Path) -> None:
+    check_refused_by_every_command(payload, where, tmp_path, every=True)
 
 
 @pytest.mark.parametrize(("payload", "where"), CASES, ids=[f"{p.name}-{w}" for p, w in CASES])
@@ -192,7 +209,13 @@ def run_entry_point(args: list[str | Path], cwd: Path) -> subprocess.CompletedPr
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=120, check=False)
 
 
-@pytest.mark.parametrize(("name", "where"), ENTRY_POINT_CASES)
+@pytest.mark.parametrize(
+    ("name", "where"),
+    [
+        case if case[1] in ("plain", "npy") else pytest.param(*case, marks=pytest.mark.stress)
+        for case in ENTRY_POINT_CASES
+    ],
+)
 def test_python_dash_m_refuses_the_same_way(name: str, where: str, tmp_path: Path) -> None:
     payload = next(p for p in h.PAYLOADS if p.name == name)
     canary = tmp_path / "canary"
