@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers import ReformerConfig, ReformerModelWithLMHead
 
-from reformer_tools.loader import Leaf
+from reformer_tools.checkpoint import Leaf
 from reformer_tools.mapper import plan
 from reformer_tools.spec import load_spec
 

@@ -143,6 +143,9 @@ ALLOWED_GLOBALS: Final[dict[tuple[str, str], str]] = {
     ("numpy", "dtype"): "numpy dtype rebuilder",
     **{("numpy", name): "numpy scalar type (a ShapeDtype's dtype)" for name in _NUMPY_SCALAR_TYPES},
     ("_codecs", "encode"): "bytes in protocol 2 pickles (latin-1 only)",
+    # Protocol 0-2 write empty bytes (an empty array's data) as a call of bytes with no arguments.
+    ("builtins", "bytes"): "empty bytes in protocol 0-2 pickles (no arguments)",
+    ("__builtin__", "bytes"): "empty bytes in protocol 0-2 pickles (no arguments)",
     ("collections", "OrderedDict"): "ordered dict (read as a plain dict)",
     ("collections", "defaultdict"): "defaultdict (read as a plain dict)",
     ("builtins", "list"): "a defaultdict's factory",
@@ -409,6 +412,11 @@ def _reduce_ordered_dict(args: tuple[Any, ...]) -> dict[Any, Any]:
     return {}
 
 
+def _reduce_empty_bytes(args: tuple[Any, ...]) -> bytes:
+    _check(not args, "bytes: only bytes() with no arguments (empty bytes) is rebuilt")
+    return b""
+
+
 def _reduce_defaultdict(args: tuple[Any, ...]) -> dict[Any, Any]:
     _check(len(args) <= 1, "defaultdict: unexpected arguments")
     factory = args[0] if args else None
@@ -424,6 +432,8 @@ REDUCERS: Final[dict[tuple[str, str], Callable[[tuple[Any, ...]], Any]]] = {
     **{(f"{core}.numeric", "_frombuffer"): _reduce_frombuffer for core in _NUMPY_CORE},
     ("numpy", "dtype"): _reduce_dtype,
     ("_codecs", "encode"): _reduce_encode,
+    ("builtins", "bytes"): _reduce_empty_bytes,
+    ("__builtin__", "bytes"): _reduce_empty_bytes,
     ("collections", "OrderedDict"): _reduce_ordered_dict,
     ("collections", "defaultdict"): _reduce_defaultdict,
     ("jax._src.array", "_reconstruct_array"): _reduce_jax_array,

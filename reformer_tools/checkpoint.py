@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from reformer_tools.dtypes import itemsize
 from reformer_tools.errors import ReformerToolsError, UnreadableCheckpointError
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 #: Weight arrays one checkpoint may hold, in any format (a Trax Reformer has hundreds).
 #: Read at each load (tests lower it).
 MAX_ARRAYS = 100_000
+#: Shard files ``flat_weights`` may promise (each holds at least one array); real ones have a few.
+MAX_SHARDS: Final = 10_000
 
 
 class CheckpointFormat(str, Enum):

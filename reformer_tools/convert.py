@@ -25,17 +25,13 @@ import numpy as np
 import numpy.typing as npt
 
 from reformer_tools import __version__
-from reformer_tools.dtypes import cast, itemsize
+from reformer_tools.byte_source import is_gzip
+from reformer_tools.checkpoint import CheckpointFormat, Leaf, TraxCheckpoint
+from reformer_tools.dtypes import WEIGHT_DTYPES, cast, itemsize, logical_name
 from reformer_tools.errors import MappingError, ReformerToolsError, UsageError
-from reformer_tools.loader import (
-    CheckpointFormat,
-    Leaf,
-    TraxCheckpoint,
-    is_gzip,
-    load_checkpoint,
-    side_file_candidates,
-)
+from reformer_tools.loader import load_checkpoint
 from reformer_tools.mapper import TRANSFORMS, expected_slots, plan
+from reformer_tools.npy_records import side_file_candidates
 from reformer_tools.output import AtomicOutput
 from reformer_tools.prefetch import Prefetch
 from reformer_tools.resolve import ConfigSources, ResolvedConfig
@@ -581,8 +577,10 @@ def _tensors_as_built(
         array = load.arrays.get()
         if array is None or array.shape not in planned[0].source_shapes or not array.dtype.isnative:
             raise _NotStreamable
+        source = logical_name(array.dtype)
+        if source not in WEIGHT_DTYPES:  # the loader refuses such weights; here they were not the weights
+            raise _NotStreamable
         used.append(array)
-        source = "bfloat16" if array.dtype == np.uint16 else array.dtype.name
         out_dtype = _out_dtype(source, dtype)
         transformed = cast(_transform(planned[0], array, scratch), source, out_dtype)
         for tensor in planned:

@@ -30,6 +30,8 @@ MAX_VALUE_ITEMS: Final = 1_000_000
 #: nest two or three deep; gin's parser and Python's hashing recurse once per level, so the file is
 #: measured before either sees it.
 MAX_NESTING: Final = 100
+#: String literals written side by side (gin joins them, in time quadratic in their number); real configs have one.
+MAX_ADJACENT_STRINGS: Final = 1000
 
 #: ReformerLM defaults that are the same in every release (v1.2.0 through master).
 _LM_DEFAULTS: Final[dict[str, int]] = {"max_len": 2048, "d_attention_key": 64, "d_attention_value": 64}
@@ -126,6 +128,7 @@ def read_gin(path: Path) -> GinSettings:
     path = Path(path)
     text = _read_text(path)
     _check_nesting(text, path)
+    _check_adjacent_strings(text, path)
     statements, macro_definitions, includes = _parse(text, path)
     try:
         macros = _Macros(macro_definitions)
@@ -199,6 +202,23 @@ def _check_nesting(text: str, path: Path) -> None:
 
 _OPENING: Final = np.frombuffer(b"([{", dtype=np.uint8)
 _CLOSING: Final = np.frombuffer(b")]}", dtype=np.uint8)
+
+
+def _check_adjacent_strings(text: str, path: Path) -> None:
+    """Refuse long runs of adjacent string literals: gin's parser joins them in quadratic time."""
+    run = 0
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.type == tokenize.STRING:
+                run += 1
+                if run > MAX_ADJACENT_STRINGS:
+                    raise ConfigError(
+                        f"{path}: more than {MAX_ADJACENT_STRINGS} adjacent string literals at line {token.start[0]}"
+                    )
+            elif token.type not in (tokenize.NL, tokenize.COMMENT):
+                run = 0
+    except (tokenize.TokenError, SyntaxError):
+        pass  # gin's own parser reports malformed text, with its line
 
 
 def _position_of_bracket(text: str, index: int) -> int:

@@ -9,11 +9,12 @@ import pickletools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from reformer_tools import safe_pickle
-from reformer_tools.allowlist import is_allowed
+from reformer_tools.allowlist import describe_global, is_allowed
 from reformer_tools.byte_source import ByteSource, open_file, with_file
+from reformer_tools.checkpoint import MAX_SHARDS
 from reformer_tools.errors import ReformerToolsError, UnreadableCheckpointError
 from reformer_tools.npy_records import MAX_HEADER, NPY_MAGIC, parse_header, side_file_candidates
 
@@ -21,7 +22,6 @@ from reformer_tools.npy_records import MAX_HEADER, NPY_MAGIC, parse_header, side
 MAX_REFERENCES: Final = 10_000
 #: Pickles and unscanned stretches recorded per file (random bytes would otherwise make one every few KB).
 MAX_SPANS: Final = 1000
-MAX_SHARDS: Final = 10_000
 _MAX_NAME: Final = 1024  # characters of a module or name kept; real ones are far shorter
 _MAX_LINE: Final = 1 << 16
 _WINDOW: Final = 1 << 20
@@ -87,6 +87,47 @@ class FileGlobals:
     def complete(self) -> bool:
         """Whether every byte of the file was read as a pickle or .npy record."""
         return not self.unscanned
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": str(self.file),
+            "compressed": self.compressed,
+            "complete": self.complete,
+            "pickles": [
+                {"start": p.start, "end": p.end, "opcodes": p.opcodes, "problem": p.problem} for p in self.pickles
+            ],
+            "unscanned": [{"start": u.start, "end": u.end, "reason": u.reason} for u in self.unscanned],
+            "globals": [
+                {
+                    "label": ref.label,
+                    "module": ref.module,
+                    "name": ref.name,
+                    "opcode": ref.opcode,
+                    "opcode_index": ref.opcode_index,
+                    "offset": ref.offset,
+                    "pickle": ref.pickle,
+                    "count": ref.count,
+                    "resolved": ref.resolved,
+                    "allowed": ref.allowed,
+                    "reason": describe_global(ref.module, ref.name) if ref.allowed else None,
+                }
+                for ref in self.references
+            ],
+        }
+
+
+def globals_document(path: Path, results: list[FileGlobals]) -> dict[str, Any]:
+    """``inspect --globals --json``: every file's pickles, references and unscanned bytes."""
+    refused = sum(not ref.allowed for result in results for ref in result.references)
+    return {
+        "ok": refused == 0 and all(result.complete for result in results),
+        "file": str(path),
+        "complete": all(result.complete for result in results),
+        "refused": refused,
+        "files": [result.to_json() for result in results],
+        # every reference of every file, flat, as before files were listed
+        "globals": [dict(entry, file=str(result.file)) for result in results for entry in result.to_json()["globals"]],
+    }
 
 
 def scan_globals(path: str | os.PathLike[str], *, max_decompressed: int | None = None) -> list[FileGlobals]:

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from reformer_tools.checkpoint import Leaf
 from reformer_tools.errors import UnsupportedLayoutError
-from reformer_tools.loader import Leaf
 from reformer_tools.mapper import (
     EMBEDDING_RULE,
     HEAD_RULES,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from reformer_tools.loader import Leaf, TraxCheckpoint
+from reformer_tools.checkpoint import Leaf, TraxCheckpoint
 from reformer_tools.mapper import Alignment, align, split_leaves
 
 if TYPE_CHECKING:

@@ -15,14 +15,19 @@ from reformer_tools import checkpoint as model
 from reformer_tools import safe_pickle
 from reformer_tools.allowlist import BFloat16Array, LargeText, type_name
 from reformer_tools.byte_source import (
-    DEFAULT_MAX_RATIO,
-    DEFAULT_MIN_LIMIT,
     FileDigests,
     OpenFile,
     open_file,
     with_file,
 )
-from reformer_tools.checkpoint import CheckpointFormat, Leaf, MetadataItem, TraxCheckpoint, require_weight_shape
+from reformer_tools.checkpoint import (
+    MAX_SHARDS,
+    CheckpointFormat,
+    Leaf,
+    MetadataItem,
+    TraxCheckpoint,
+    require_weight_shape,
+)
 from reformer_tools.dtypes import logical_name, native, require_weight_dtype
 from reformer_tools.errors import ReformerToolsError, UnreadableCheckpointError
 from reformer_tools.npy_records import NPY_MAGIC, first_header, read_records, side_file_candidates
@@ -32,12 +37,10 @@ from reformer_tools.untrusted import printable, shown
 MAX_TREE_DEPTH: Final = 1000
 #: Tree nodes a checkpoint's weights may visit: a list holding one list twice, 100
 #: levels deep, is 2**100 nodes and would otherwise cost minutes and gigabytes of leaf
-#: records. (Arrays: ``reformer_tools.model.MAX_ARRAYS``.)
+#: records. (Arrays: ``reformer_tools.checkpoint.MAX_ARRAYS``.)
 MAX_TREE_NODES = 1_000_000
 #: Characters of all weight paths together: a tree 999 levels deep makes each path thousands long.
 MAX_PATH_CHARS: Final = 64_000_000
-#: Shard files ``flat_weights`` may promise (each holds at least one array).
-MAX_SHARDS: Final = 10_000
 #: The largest step this tool reports: it goes into safetensors metadata and JSON as a 64-bit count.
 MAX_STEP: Final = (1 << 63) - 1
 _MAX_VERSION: Final = 64  # characters of a version stamp ("Jun-18-2020")
@@ -411,31 +414,3 @@ def _leaf_array(node: Any, path: str) -> tuple[Array, str]:
     require_weight_dtype(dtype, path)
     require_weight_shape(tuple(array.shape), path)
     return array, dtype
-
-
-# ------------------------------------------------------------------ transitional re-exports
-# Other modules import these from here; their homes are the modules named. To be removed once
-# every importer names the home module.
-
-from reformer_tools.byte_source import is_gzip  # noqa: E402
-from reformer_tools.checkpoint import MAX_ARRAYS  # noqa: E402
-from reformer_tools.dtypes import as_float32  # noqa: E402
-from reformer_tools.global_scan import FileGlobals, scan_globals  # noqa: E402
-
-__all__ = [
-    "DEFAULT_MAX_RATIO",
-    "DEFAULT_MIN_LIMIT",
-    "MAX_ARRAYS",
-    "MAX_TREE_DEPTH",
-    "MAX_TREE_NODES",
-    "CheckpointFormat",
-    "FileGlobals",
-    "Leaf",
-    "MetadataItem",
-    "TraxCheckpoint",
-    "as_float32",
-    "is_gzip",
-    "load_checkpoint",
-    "scan_globals",
-    "side_file_candidates",
-]

@@ -24,9 +24,9 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from reformer_tools.checkpoint import Leaf
 from reformer_tools.dtypes import WEIGHT_DTYPES
 from reformer_tools.errors import MappingError, UnsupportedLayoutError
-from reformer_tools.loader import Leaf
 from reformer_tools.spec import AttentionKind, ReformerSpec
 
 Shape = tuple[int, ...]
@@ -490,8 +490,9 @@ def _split_layer(leaves: Sequence[Leaf]) -> LayerLeaves:
     while end < len(leaves) and len(leaves[end].shape) == ATTENTION_RANK:
         end += 1
     attention = tuple(leaves[NORM_SIZE:end])
-    heads = attention[0].shape[0]
     bias_end = end
+    # A layer cut short (the head claims its last leaves) may have no attention left to size biases by.
+    heads = attention[0].shape[0] if attention else None
     while bias_end < len(leaves) and len(leaves[bias_end].shape) == 2 and leaves[bias_end].shape[0] == heads:
         bias_end += 1
     return LayerLeaves(tuple(leaves[:NORM_SIZE]), attention, tuple(leaves[end:bias_end]), tuple(leaves[bias_end:]))

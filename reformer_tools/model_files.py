@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from reformer_tools import __version__
 
 if TYPE_CHECKING:
-    from reformer_tools.loader import TraxCheckpoint
+    from reformer_tools.checkpoint import TraxCheckpoint
     from reformer_tools.resolve import ResolvedConfig
 
 

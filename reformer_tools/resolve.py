@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from reformer_tools.checkpoint import TraxCheckpoint
 from reformer_tools.errors import (
     ConfigError,
     UnreadableCheckpointError,
@@ -24,7 +25,6 @@ from reformer_tools.errors import (
     WeightlessPositionsError,
 )
 from reformer_tools.infer import read_weight_shapes
-from reformer_tools.loader import TraxCheckpoint
 from reformer_tools.mapper import WEIGHTLESS_POSITIONS, split_leaves
 from reformer_tools.spec import HF_DEFAULTS, SIN_COS_KEY, ReformerSpec, read_config_json, spec_from_dict
 from reformer_tools.trax_defaults import (

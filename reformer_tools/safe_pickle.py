@@ -25,33 +25,12 @@ from reformer_tools.allowlist import (
     LargeText,
     Pending,
     RefusedPickle,
-    ShapeDtype,
     SkippedPayload,
-    TraxHistory,
-    describe_global,
     type_name,
 )
-from reformer_tools.dtypes import WEIGHT_DTYPES, check_shape, logical_name
+from reformer_tools.dtypes import WEIGHT_DTYPES, logical_name
 from reformer_tools.errors import UnreadableCheckpointError
 from reformer_tools.untrusted import printable
-
-# Re-exported: the loader and the tests name these through this module.
-__all__ = [
-    "ALLOWED_GLOBALS",
-    "MAX_OPCODES",
-    "BFloat16Array",
-    "ByteSource",
-    "CorruptPickle",
-    "Global",
-    "LargeText",
-    "Machine",
-    "RefusedPickle",
-    "ShapeDtype",
-    "SkippedPayload",
-    "TraxHistory",
-    "check_shape",
-    "describe_global",
-]
 
 #: Opcodes one pickle may run. Every opcode can leave an object behind (a MARK
 #: or EMPTY_DICT costs one byte of input and ~100 bytes of memory); Trax

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from reformer_tools import dtypes
 from reformer_tools.errors import UsageError
 
 _SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
@@ -24,11 +23,6 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise UsageError(f"{text!r} is not a positive size")
     return size
-
-
-def dtype_itemsize(dtype: str) -> int:
-    """Bytes per element of a logical dtype name: :func:`reformer_tools.dtypes.itemsize` (kept for its importers)."""
-    return dtypes.itemsize(dtype)
 
 
 def format_size(n: int | None, *, binary: bool = False) -> str:

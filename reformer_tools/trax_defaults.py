@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from reformer_tools.loader import TraxCheckpoint
+    from reformer_tools.checkpoint import TraxCheckpoint
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ Clue = tuple[str, str, str]  # (earliest release, latest release, what shows it)
 
 def releases_for(checkpoint: TraxCheckpoint) -> Releases:
     """The Trax releases that can have written ``checkpoint``, from what it shows."""
-    from reformer_tools.loader import CheckpointFormat
+    from reformer_tools.checkpoint import CheckpointFormat
 
     clues: list[Clue] = []
     stamp = checkpoint.version_timestamp

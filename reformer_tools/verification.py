@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from reformer_tools.checkpoint import Leaf, TraxCheckpoint
 from reformer_tools.converted import ConvertedModel
 from reformer_tools.dtypes import OUTPUT_DTYPES, as_float32, cast
 from reformer_tools.errors import ConfigError
-from reformer_tools.loader import Leaf, TraxCheckpoint
 from reformer_tools.mapper import Alignment, Assignment, align, hf_shapes
 from reformer_tools.spec import ReformerSpec, spec_from_dict
 

@@ -21,7 +21,8 @@ from click.testing import Result
 from reformer_tools import checkpoint, global_scan, loader, safe_pickle, summaries
 from reformer_tools.checkpoint import CheckpointFormat
 from reformer_tools.errors import ReformerToolsError
-from reformer_tools.loader import load_checkpoint, scan_globals
+from reformer_tools.global_scan import scan_globals
+from reformer_tools.loader import load_checkpoint
 from tests import attacks as a
 from tests import hostile as h
 from tests.conftest import TRAX_FIXTURES, invoke
@@ -304,6 +305,24 @@ def test_unscannable_bytes_are_reported_with_their_reason(tmp_path: Path) -> Non
     assert found.unscanned[-1].end is None
     assert "truncated" in found.unscanned[-1].reason or "corrupt" in found.unscanned[-1].reason
     assert found.compressed
+
+
+def test_a_listing_with_unscanned_bytes_is_no_pass(tmp_path: Path) -> None:
+    # Only allowed globals were found, but the trailing bytes were never read as a pickle.
+    path = tmp_path / "model.pkl"
+    path.write_bytes(h.proto(2) + h.global_("collections", "OrderedDict") + h.STOP + b"trailing notes")
+    result = invoke(["inspect", path, "--globals", "--json"])
+    assert result.exit_code == 3
+    check_line(result.stderr, str(path), "1 stretch of bytes could not be scanned")
+    document = json.loads(result.stdout)
+    assert (document["ok"], document["complete"], document["refused"]) == (False, False, 0)
+    first = document["files"][0]["pickles"][0]
+    assert (first["start"], first["end"], first["problem"]) == (0, len(path.read_bytes()) - len("trailing notes"), None)
+    assert document["files"][0]["unscanned"]
+    human = invoke(["inspect", path, "--globals"])
+    assert human.exit_code == 3
+    assert "not scanned" in human.stdout
+    assert "collections.OrderedDict" in human.stdout
 
 
 def test_a_scan_lists_every_pickle_of_an_npy_stream_and_skips_array_data(tmp_path: Path) -> None:

@@ -33,7 +33,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from reformer_tools.errors import ReformerToolsError
-from reformer_tools.loader import load_checkpoint, scan_globals
+from reformer_tools.global_scan import scan_globals
+from reformer_tools.loader import load_checkpoint
 from tests import hostile as h
 from tests import trax_writer as tw
 from tests.conftest import TRAX_FIXTURES, invoke

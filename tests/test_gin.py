@@ -1141,3 +1141,15 @@ def test_any_bytes_read_or_raise_config_error(tmp_path: Path, data: bytes) -> No
     path.write_bytes(data)
     with contextlib.suppress(ConfigError):  # anything else fails the test
         read_gin(path)
+
+
+def test_a_long_run_of_adjacent_string_literals_is_refused_quickly(tmp_path: Path) -> None:
+    """gin's parser joins adjacent literals in quadratic time: 100,000 of them ran past two minutes."""
+    import time
+
+    path = tmp_path / "config.gin"
+    path.write_text("a.b = " + " 'x'" * 100_000 + "\n", encoding="utf-8")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="more than 1000 adjacent string literals at line 1"):
+        read_gin(path)
+    assert time.perf_counter() - started < 30  # generous: the check is one linear pass

@@ -24,9 +24,11 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from reformer_tools import checkpoint, global_scan, loader, safe_pickle, summaries
+from reformer_tools import byte_source, checkpoint, global_scan, loader, safe_pickle, summaries
+from reformer_tools.allowlist import ALLOWED_GLOBALS
 from reformer_tools.errors import UnreadableCheckpointError
-from reformer_tools.loader import load_checkpoint, scan_globals
+from reformer_tools.global_scan import scan_globals
+from reformer_tools.loader import load_checkpoint
 from tests import hostile as h
 from tests.conftest import TRAX_FIXTURES, invoke
 
@@ -145,7 +147,7 @@ def test_inspect_globals_lists_every_global_and_refuses(payload: h.Payload, wher
     listed = [g for g in document["globals"] if g["file"] == str(placed.hostile_file)]
     assert payload.globals <= {f"{g['module']}.{g['name']}" for g in listed}
     for g in listed:  # each verdict is the exact-pair rule (and INST is never allowed)
-        expected = (g["module"], g["name"]) in safe_pickle.ALLOWED_GLOBALS and g["opcode"] != "INST"
+        expected = (g["module"], g["name"]) in ALLOWED_GLOBALS and g["opcode"] != "INST"
         assert g["allowed"] is expected, g
     if payload.unnamed is not None:
         # EXT and PERSID reach an object through no global name: listed as such, refused, and the scan goes on.
@@ -164,7 +166,11 @@ def test_inspect_globals_table_marks_refused_globals(payload: h.Payload, tmp_pat
     references = scan_globals(placed.checkpoint)[0].references
     refused = [r for r in references if not r.allowed]
     assert refused
-    rows = result.stdout.splitlines()[1:-1]  # between the header and the totals
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("global "))
+    assert lines[0].startswith(str(placed.checkpoint))
+    assert "pickle at bytes 0-" in lines[1]
+    rows = lines[header + 1 : -1]  # between the table's header and the totals
     assert len(rows) == len(references)
     assert sum(row.split()[-1] == "refused" for row in rows) == len(refused)
     assert f"{len(references)} global references, {len(refused)} refused" in result.stdout
@@ -700,18 +706,18 @@ def test_security_md_lists_exactly_the_allow_list() -> None:
         if row.startswith("| `"):
             first_cell = row.split("|")[1]
             documented |= set(re.findall(r"`([\w.]+)`", first_cell))
-    assert documented == {f"{module}.{name}" for module, name in safe_pickle.ALLOWED_GLOBALS}
+    assert documented == {f"{module}.{name}" for module, name in ALLOWED_GLOBALS}
 
 
 def test_security_md_states_the_limits_the_code_enforces() -> None:
-    assert f"max(1 GiB, {loader.DEFAULT_MAX_RATIO} × the file's size)" in SECURITY
-    assert loader.DEFAULT_MIN_LIMIT == 1 << 30
+    assert f"max(1 GiB, {byte_source.DEFAULT_MAX_RATIO} × the file's size)" in SECURITY
+    assert byte_source.DEFAULT_MIN_LIMIT == 1 << 30
     assert f"| opcodes per pickle | {safe_pickle.MAX_OPCODES:,} |" in SECURITY
-    assert f"| {loader.MAX_ARRAYS:,} |" in SECURITY
+    assert f"| {checkpoint.MAX_ARRAYS:,} |" in SECURITY
     assert f"| {loader.MAX_TREE_NODES:,} |" in SECURITY
     assert f"| {loader.MAX_TREE_DEPTH:,} levels |" in SECURITY
     assert f"| {loader.MAX_PATH_CHARS:,} |" in SECURITY
-    assert f"| {loader.MAX_SHARDS:,} |" in SECURITY
+    assert f"| {checkpoint.MAX_SHARDS:,} |" in SECURITY
     assert f"| {safe_pickle.MAX_KEY_ITEMS:,} |" in SECURITY
     assert f"| {safe_pickle.MAX_TEXT_BYTES >> 20} MiB |" in SECURITY
     assert f"| {summaries.MAX_VISITS:,} |" in SECURITY

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import io
 import json
+import pickle
 import pickletools
 import tempfile
 from collections.abc import Callable
@@ -25,8 +26,10 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
+from reformer_tools.checkpoint import CheckpointFormat, TraxCheckpoint
 from reformer_tools.convert import write_conversion
-from reformer_tools.loader import CheckpointFormat, TraxCheckpoint, load_checkpoint, scan_globals
+from reformer_tools.global_scan import scan_globals
+from reformer_tools.loader import load_checkpoint
 from reformer_tools.mapper import plan
 from reformer_tools.resolve import ResolvedConfig
 from reformer_tools.spec import ReformerSpec, load_spec
@@ -907,3 +910,19 @@ def assert_same_leaves(checkpoint: TraxCheckpoint, written: Written, leaves: lis
     assert [leaf.path for leaf, _ in loaded] == list(written.leaf_paths)
     assert [leaf.dtype for leaf, _ in loaded] == [logical_dtype(a) for a in leaves]
     assert [(a.dtype, a.shape, a.tobytes()) for _, a in loaded] == [(a.dtype, a.shape, a.tobytes()) for a in leaves]
+
+
+def test_an_empty_array_in_a_protocol_2_pickle_loads(tmp_path: Path) -> None:
+    # Protocol 0-2 write an empty array's data as bytes() with no arguments, a call of builtins.bytes.
+    obj = {
+        "step": 1,
+        "weights": [np.ones((4, 3), np.float32), np.zeros((0, 3), np.float32)],
+        "state": [np.zeros((0,), np.float32)],
+    }
+    data = pickle.dumps(obj, protocol=2)
+    assert ("GLOBAL", "__builtin__ bytes") in [(op.name, arg) for op, arg, _ in pickletools.genops(data)]
+    path = tmp_path / "model.pkl"
+    path.write_bytes(data)
+    loaded = load_checkpoint(path)
+    assert [(leaf.path, leaf.shape) for leaf in loaded.leaves] == [("weights[0]", (4, 3)), ("weights[1]", (0, 3))]
+    assert [array.size for _, array in loaded.iter_arrays()] == [12, 0]

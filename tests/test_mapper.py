@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reformer_tools.checkpoint import Leaf
 from reformer_tools.errors import MappingError, UnsupportedLayoutError
-from reformer_tools.loader import Leaf
 from reformer_tools.mapper import (
     HEADS_IN,
     HEADS_OUT,
@@ -221,3 +221,20 @@ def test_lm_head_bias_is_written_with_the_decoder_bias() -> None:
     result = plan(tiny(), leaves_for(tiny()))
     last = result.assignments[-1]
     assert last.slot.hf_keys == ("lm_head.decoder.bias", "lm_head.bias")
+
+
+def test_a_last_layer_cut_short_by_the_head_is_a_mismatch_not_a_crash() -> None:
+    """Found by the CLI fuzzer on a mutated side file: a layer opening inside the last four leaves."""
+    leaves = leaves_for(tiny())
+    cut = reindex(
+        [*leaves[:-4], Leaf(0, "", (6,), "float32"), Leaf(0, "", (6,), "float32"), Leaf(0, "", (2, 6, 3), "float32")]
+    )
+    result = align(tiny(), cut)
+    assert not result.ok
+    with pytest.raises(MappingError):
+        plan(tiny(), cut)
+    from reformer_tools.errors import UnsupportedLayoutError
+    from reformer_tools.infer import read_weight_shapes
+
+    with pytest.raises(UnsupportedLayoutError):
+        read_weight_shapes(cut)

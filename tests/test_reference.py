@@ -22,7 +22,8 @@ import torch
 
 from reformer_tools import hf
 from reformer_tools.convert import write_conversion
-from reformer_tools.loader import as_float32, load_checkpoint
+from reformer_tools.dtypes import as_float32
+from reformer_tools.loader import load_checkpoint
 from reformer_tools.numerics import (
     NumericsReport,
     choose_sequence_length,

@@ -13,7 +13,7 @@ import click
 from reformer_tools.vocab import VOCAB_TYPES
 
 if TYPE_CHECKING:
-    from reformer_tools.loader import TraxCheckpoint
+    from reformer_tools.checkpoint import TraxCheckpoint
     from reformer_tools.resolve import ConfigSources, ResolvedConfig
 
 EXIT_CODES_HELP = """\b

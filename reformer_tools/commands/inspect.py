@@ -12,8 +12,8 @@ import click
 from reformer_tools.commands._common import EXIT_CODES_HELP, CommonOptions, common_options, load, resolve
 
 if TYPE_CHECKING:
+    from reformer_tools.checkpoint import Leaf
     from reformer_tools.inspection import Inspection
-    from reformer_tools.loader import Leaf
 
 
 @click.command(epilog=EXIT_CODES_HELP, short_help="Show a checkpoint's arrays and their Hugging Face keys.")
@@ -168,38 +168,51 @@ def _show_globals(common: CommonOptions) -> None:
     from rich.table import Table
 
     from reformer_tools._console import emit_json, out, print_table, sanitize, warn
-    from reformer_tools.errors import ExitCode
-    from reformer_tools.loader import scan_globals
-    from reformer_tools.safe_pickle import describe_global
+    from reformer_tools.allowlist import describe_global
+    from reformer_tools.errors import ExitCode, UnreadableCheckpointError
+    from reformer_tools.global_scan import globals_document, scan_globals
+    from reformer_tools.sizes import format_size
 
     assert common.checkpoint is not None
     results = scan_globals(common.checkpoint, max_decompressed=common.max_decompressed)
-    entries = [
-        {
-            "file": str(result.file),
-            "module": ref.module,
-            "name": ref.name,
-            "opcode": ref.opcode,
-            "opcode_index": ref.opcode_index,
-            "allowed": ref.allowed,
-            "reason": describe_global(ref.module, ref.name),
-        }
-        for result in results
-        for ref in result.references
-    ]
-    refused = [e for e in entries if not e["allowed"]]
+    refused = [ref for result in results for ref in result.references if not ref.allowed]
+    unscanned = sum(len(result.unscanned) for result in results)
+    complete = unscanned == 0
     if common.as_json:
-        emit_json({"ok": not refused, "file": str(common.checkpoint), "globals": entries, "refused": len(refused)})
+        emit_json(globals_document(common.checkpoint, results))
     else:
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("global", "opcode", "at opcode #", "verdict"):
-            table.add_column(column, no_wrap=column == "global", overflow="ignore" if column == "global" else "fold")
-        for e in entries:
-            verdict = f"[green]allowed[/] ({e['reason']})" if e["allowed"] else "[bold red]refused[/]"
-            table.add_row(sanitize(f"{e['module']}.{e['name']}"), str(e["opcode"]), str(e["opcode_index"]), verdict)
-        print_table(table)
-        out.print(f"{len(entries)} global references, {len(refused)} refused")
+        for result in results:
+            where = " (offsets in the inflated data)" if result.compressed else ""
+            out.print(f"[bold]{sanitize(str(result.file))}[/]: {len(result.pickles)} pickles{where}")
+            for found in result.pickles:
+                ended = "ran to STOP" if found.problem is None else f"ended early: {sanitize(found.problem)}"
+                out.print(f"  pickle at bytes {found.start}-{found.end}: {found.opcodes:,} opcodes, {ended}")
+            for gap in result.unscanned:
+                end = "the end" if gap.end is None else str(gap.end)
+                out.print(f"  [yellow]not scanned[/]: bytes {gap.start}-{end}: {sanitize(gap.reason)}")
+            table = Table(box=None, pad_edge=False, header_style="bold")
+            for column in ("global", "opcode", "pickle", "at opcode #", "times", "verdict"):
+                table.add_column(column, no_wrap=True, overflow="ignore" if column == "global" else "fold")
+            for ref in result.references:
+                reason = describe_global(ref.module, ref.name)
+                verdict = f"[green]allowed[/] ({reason})" if ref.allowed else "[bold red]refused[/]"
+                row = (str(ref.opcode), str(ref.pickle), str(ref.opcode_index), f"x{ref.count}", verdict)
+                table.add_row(sanitize(ref.label), *row)
+            if result.references:
+                print_table(table)
+        total = sum(len(result.references) for result in results)
+        out.print(
+            f"{total} global references, {len(refused)} refused"
+            + ("" if complete else f"; {unscanned} stretches not scanned")
+            + f" ({format_size(sum(p.end - p.start for r in results for p in r.pickles))} of pickle read)"
+        )
     if refused:
         first = refused[0]
-        warn(f"{common.checkpoint}: references {first['module']}.{first['name']}, which is not on the allow-list")
+        warn(f"{common.checkpoint}: references {first.label}, which is not on the allow-list")
         raise click.exceptions.Exit(int(ExitCode.UNSAFE))
+    if not complete:
+        # A listing with holes proves nothing about the holes: not a pass.
+        raise UnreadableCheckpointError(
+            f"{common.checkpoint}: {unscanned} {'stretch' if unscanned == 1 else 'stretches'} of bytes"
+            " could not be scanned; they may reference anything"
+        )
