@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from reformer_tools.checkpoint import Leaf
 from reformer_tools.errors import MappingError, UnsupportedLayoutError
+from reformer_tools.infer import read_weight_shapes
 from reformer_tools.mapper import (
     HEADS_IN,
     HEADS_OUT,
@@ -233,8 +234,5 @@ def test_a_last_layer_cut_short_by_the_head_is_a_mismatch_not_a_crash() -> None:
     assert not result.ok
     with pytest.raises(MappingError):
         plan(tiny(), cut)
-    from reformer_tools.errors import UnsupportedLayoutError
-    from reformer_tools.infer import read_weight_shapes
-
     with pytest.raises(UnsupportedLayoutError):
         read_weight_shapes(cut)
