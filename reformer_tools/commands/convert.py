@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from reformer_tools.convert import Conversion, ConversionOptions, DryRun, ProgressCallback
     from reformer_tools.resolve import ResolvedConfig
 
+# dtypes.OUTPUT_DTYPES, spelled out so that `--help` does not import numpy (a test keeps them equal).
 OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
 
 
