@@ -28,7 +28,8 @@ OUTPUT_FILE_PATTERNS: Final = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "*.model",  # SentencePiece
-    "vocab.txt",
+    "vocab.txt",  # WordPiece
+    "vocab.subword",  # Trax's SubwordTextEncoder
     "README.md",
 )
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from reformer_tools.errors import ExitCode
+from reformer_tools.output import previous_output
 from tests.conftest import FIXTURES, invoke
 from tests.trax_writer import Encoding, random_leaves, tiny_spec, write_trainer_jun_18_2020
 
@@ -104,6 +105,7 @@ def test_the_output_loads_with_plain_transformers_and_gives_trax_s_ids(
     config = json.loads((out / "config.json").read_text())
     assert loaded["pad"] == config["pad_token_id"]
     assert loaded["eos"] == config.get("eos_token_id")
+    assert previous_output(out) is not None  # every file written is one `convert --force` may replace
 
 
 def test_char_with_two_reserved_ids_sets_pad_and_eos(checkpoint: Path, tmp_path: Path) -> None:
