@@ -19,7 +19,7 @@ from contextlib import closing
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,9 @@ from reformer_tools.safetensors_writer import (
     split_shards,
 )
 from reformer_tools.spec import ReformerSpec
+
+if TYPE_CHECKING:
+    from reformer_tools.verification import VerifyReport
 
 Array = npt.NDArray[Any]
 _PIPELINE_DEPTH: Final = 1  # tensors transformed ahead of the one being written
@@ -237,6 +240,7 @@ class ConversionResult:
     kind: OutputKind
     files: tuple[OutputFile, ...]
     tensors: int
+    verification: VerifyReport | None = None  # ``verify``: what was checked before the output was put in place
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,7 @@ class ConversionOptions:
     force: bool = False
     max_decompressed: int | None = None
     legacy_bin: bool = False  # the old script's --pytorch_dump_path: a torch.save file, whatever the name
+    verify: bool = False  # check the finished output (values, numerics, tokenizer) before putting it in place
     on_progress: ProgressCallback | None = None
 
     def kind_for(self, output: Path) -> OutputKind:
@@ -281,6 +286,7 @@ class Conversion:
             "tensors": result.tensors,
             "seconds": round(self.seconds, 3),
             "sha256": self.checkpoint.digests(),
+            "verification": None if result.verification is None else result.verification.to_json(),
         }
 
 
@@ -396,8 +402,34 @@ def write_conversion(
                     _metadata(checkpoint, resolved, final=False),
                     lambda: _metadata(checkpoint, resolved, final=True),
                 )
-        target.commit()
-    return ConversionResult(output, kind, _describe_files(output, kind, names), len(conversion.tensors))
+        verified: list[VerifyReport] = []
+        target.commit(_verifier(output, kind, lambda: (checkpoint, resolved), options, verified))
+    files = _describe_files(output, kind, names)
+    return ConversionResult(output, kind, files, len(conversion.tensors), verified[0] if verified else None)
+
+
+def _verifier(
+    output: Path,
+    kind: OutputKind,
+    sources: Callable[[], tuple[TraxCheckpoint, ResolvedConfig]],
+    options: ConversionOptions,
+    verified: list[VerifyReport],
+) -> Callable[[Path], None] | None:
+    """With ``options.verify``, the check ``AtomicOutput.commit`` runs on the finished output first."""
+    if not options.verify:
+        return None
+
+    def check(staged: Path) -> None:
+        from reformer_tools.verification import verify_staged_output
+
+        checkpoint, resolved = sources()
+        torch_bin = kind is OutputKind.TORCH_BIN
+        report = verify_staged_output(
+            staged, output, checkpoint.path, resolved, torch_bin=torch_bin, max_decompressed=options.max_decompressed
+        )
+        verified.append(report)
+
+    return check
 
 
 def dry_run(checkpoint: TraxCheckpoint, resolved: ResolvedConfig, output: Path, options: ConversionOptions) -> DryRun:
@@ -640,6 +672,7 @@ def convert_checkpoint(
     load = _BackgroundLoad(path, options.max_decompressed)
     protected = (path, *side_file_candidates(path))
     final: list[ResolvedConfig] = []
+    verified: list[VerifyReport] = []
 
     def finish() -> ResolvedConfig:
         if not final:
@@ -664,12 +697,13 @@ def convert_checkpoint(
                 _placeholder_metadata(path, early),
                 lambda: _metadata(load.result(), finish(), final=True),
             )
-            target.commit()
+            target.commit(_verifier(output, kind, lambda: (load.result(), finish()), options, verified))
     except _NotStreamable:
         checkpoint = load.result()
         load.discard()  # so the ordinary conversion can release each array after writing it
         resolved = sources.resolve(checkpoint)
         result = write_conversion(checkpoint, resolved, output, options)
         return Conversion(checkpoint, resolved, result, time.perf_counter() - started)
-    result = ConversionResult(output, kind, _describe_files(output, kind, names), len(conversion.tensors))
+    files = _describe_files(output, kind, names)
+    result = ConversionResult(output, kind, files, len(conversion.tensors), verified[0] if verified else None)
     return Conversion(load.result(), finish(), result, time.perf_counter() - started)

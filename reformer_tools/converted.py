@@ -62,17 +62,17 @@ class ConvertedModel:
         yield from self.tensors.items()
 
 
-def open_converted(path: Path) -> ConvertedModel:
+def open_converted(path: Path, *, torch_bin: bool = False) -> ConvertedModel:
     """Open a converted model; errors name the file and what is wrong.
 
     safetensors files are parsed here (header checked, data memory-mapped), so
     reading a converted model needs neither torch nor the file in memory; only a
-    ``.bin`` goes through ``torch.load(weights_only=True)``.
+    ``.bin`` (or any file with ``torch_bin``) goes through ``torch.load(weights_only=True)``.
     """
     try:
         if path.is_dir():
             return _open_directory(path)
-        if path.suffix == ".bin":
+        if torch_bin or path.suffix == ".bin":
             return ConvertedModel(path, _read_bin(path), None)
         return ConvertedModel(path, _read_safetensors(path), None)
     except NotConverted as error:

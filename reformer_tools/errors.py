@@ -65,6 +65,12 @@ class MappingError(ReformerToolsError):
     exit_code = ExitCode.VERIFICATION_FAILED
 
 
+class OutputRejectedError(ReformerToolsError):
+    """``convert --verify``: the finished output differs from the checkpoint, so it was not put in place."""
+
+    exit_code = ExitCode.VERIFICATION_FAILED
+
+
 class OutputError(ReformerToolsError):
     """The output could not be written; nothing was left behind."""
 

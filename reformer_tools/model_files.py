@@ -62,6 +62,7 @@ def tokenizer_files(resolved: ResolvedConfig) -> dict[str, bytes]:
 class Verification:
     """Figures a card reports when the conversion was checked before it was written (``convert --verify``)."""
 
+    tensors: int = 0  # tensors read back and found equal to their source arrays
     numerics: dict[str, Any] | None = None
     tokenizer: dict[str, Any] | None = None
 
@@ -164,14 +165,24 @@ def model_card(
             f"with `ReformerModelWithLMHead.from_pretrained(PATH, dtype=torch.float32)` to run on a CPU (or "
             f"`.to(torch.{dtype})` on a device that computes in {dtype}).",
         ]
-    if verification is not None and (verification.numerics or verification.tokenizer):
-        lines += ["", "## Verification", ""]
+    if verification is not None:
+        lines += [
+            "",
+            "## Verification",
+            "",
+            "Checked by `reformer-tools convert --verify` before these files were put in place, against a second "
+            "read of the checkpoint:",
+            "",
+            f"- Weights: all {verification.tensors} tensors, read back from the written files, equal the "
+            "checkpoint's arrays after their transform.",
+        ]
         if verification.numerics is not None:
             n = verification.numerics
+            what = "log-probabilities" if n["complete"] else f"hidden states entering layer {n['layers_compared']}"
             lines.append(
                 f"- Outputs: on {n['batch_size']} x {n['sequence_length']} tokens, max abs difference of "
-                f"log-probabilities from an independent NumPy implementation of Trax's ReformerLM: "
-                f"{n['max_abs_diff']:.3g} (tolerance {n['atol']:g}). {n['proved']}."
+                f"{what} from an independent NumPy implementation of Trax's ReformerLM: "
+                f"{n['max_abs_diff']:.3g} (tolerance {n['atol']:g}). Proved: {n['proved']}."
             )
         if verification.tokenizer is not None:
             t = verification.tokenizer

@@ -22,6 +22,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from reformer_tools.converted import ConvertedModel, open_converted
 from reformer_tools.dtypes import as_float32, cast
 from reformer_tools.errors import UsageError
 from reformer_tools.reference import (
@@ -198,13 +199,11 @@ def check_input_ids(spec: ReformerSpec, input_ids: Array) -> Array:
 # --------------------------------------------------------------- comparison
 
 
-def _state_dict(model: Path | Mapping[str, Array]) -> tuple[dict[str, Array], str]:
+def _state_dict(model: Path | ConvertedModel | Mapping[str, Array]) -> tuple[dict[str, Array], str]:
     """The model's tensors as float32, and the dtype they were stored in (the narrowest, if mixed)."""
     if isinstance(model, Mapping):
         return {key: np.asarray(value, dtype=np.float32) for key, value in model.items()}, "float32"
-    from reformer_tools.converted import open_converted
-
-    converted = open_converted(model)
+    converted = open_converted(model) if isinstance(model, Path) else model
     dtypes = {stored.dtype for _, stored in converted.items()}
     narrowest = min(dtypes, key=lambda d: (np.dtype("uint16" if d == "bfloat16" else d).itemsize, d)) if dtypes else ""
     tensors = {key: as_float32(converted.load(key), stored.dtype) for key, stored in converted.items()}
@@ -243,7 +242,7 @@ def _config_notes(spec: ReformerSpec) -> list[str]:
 def compare_numerics(
     leaves: Sequence[Array],
     spec: ReformerSpec,
-    model: Path | Mapping[str, Array],
+    model: Path | ConvertedModel | Mapping[str, Array],
     input_ids: Array | None = None,
     *,
     atol: float | None = None,

@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -202,25 +203,32 @@ class AtomicOutput:
         self._files.append(_Pending(name, file, temp_path))
         return file
 
-    def commit(self) -> None:
-        """Put every file in place, replacing only what was checked when this output was created."""
+    def commit(self, check: Callable[[Path], None] | None = None) -> None:
+        """Put every file in place, replacing only what was checked when this output was created.
+
+        ``check`` sees the finished output under a hidden name first (a directory, or a file with the
+        target's name as suffix), and may change files in it; if it raises, nothing is put in place.
+        """
         try:
-            self._commit()
+            self._commit(check)
         except OSError as error:
             raise OutputError(f"{self.target}: could not write the output ({error.strerror or error})") from None
 
-    def _commit(self) -> None:
+    def _commit(self, check: Callable[[Path], None] | None) -> None:
         for pending in self._files:
             pending.file.flush()
             os.fsync(pending.file.fileno())
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.target.parent / f".{self.target.name}.{secrets.token_hex(4)}.staging"
+        # Ends with the target's name, so readers that go by the suffix (.safetensors, .bin) read it alike.
+        staging = self.target.parent / f".staging-{secrets.token_hex(4)}-{self.target.name}"
         if self.directory:
             staging.mkdir()
             ours = os.lstat(staging).st_ino
             try:
                 for pending in self._files:
                     self._materialize(pending, staging / pending.name)
+                if check is not None:
+                    check(staging)
                 self._put_directory(staging)
             finally:
                 # Only our own staging directory is ever removed here: after a swap, that name may
@@ -229,7 +237,7 @@ class AtomicOutput:
                     shutil.rmtree(staging, ignore_errors=True)
             return
         (pending,) = self._files
-        if self._replacing is None:
+        if self._replacing is None and check is None:
             try:
                 self._materialize(pending, self.target)  # link(2) never replaces anything
             except FileExistsError:
@@ -238,7 +246,12 @@ class AtomicOutput:
         self._materialize(pending, staging)
         ours = os.lstat(staging).st_ino
         try:
-            self._swap_file(staging)
+            if check is not None:
+                check(staging)
+            if self._replacing is None:
+                self._put_new_file(staging)
+            else:
+                self._swap_file(staging)
         finally:
             if _inode(staging) == ours:
                 staging.unlink()
@@ -317,6 +330,17 @@ class AtomicOutput:
             with contextlib.suppress(OSError):
                 self.target.rmdir()
             raise
+
+    def _put_new_file(self, staging: Path) -> None:
+        try:
+            rename2(staging, self.target, _RENAME_NOREPLACE)
+        except FileExistsError:
+            raise self._appeared() from None
+        except _NoRenameat2:
+            try:
+                os.link(staging, self.target)  # link(2) never replaces anything; staging is unlinked after
+            except FileExistsError:
+                raise self._appeared() from None
 
     def _swap_file(self, staging: Path) -> None:
         checked = self._replacing

@@ -8,7 +8,7 @@ Everything found is collected; nothing stops at the first problem.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -19,7 +19,7 @@ import numpy.typing as npt
 from reformer_tools.checkpoint import Leaf, TraxCheckpoint
 from reformer_tools.converted import ConvertedModel
 from reformer_tools.dtypes import OUTPUT_DTYPES, as_float32, cast
-from reformer_tools.errors import ConfigError
+from reformer_tools.errors import ConfigError, OutputRejectedError
 from reformer_tools.mapper import Alignment, Assignment, align, hf_shapes
 from reformer_tools.spec import ReformerSpec, spec_from_dict
 
@@ -151,6 +151,36 @@ class VerifyReport:
     @property
     def config_source(self) -> str:
         return self.resolved.description
+
+    def failures(self) -> list[str]:
+        """Each kind of failure, counted (empty when ``ok``)."""
+        alignment = self.alignment
+        counted = (
+            (len(alignment.mismatches), "shape mismatches"),
+            (len(alignment.missing), "missing"),
+            (len(alignment.unused), "unused"),
+            (len(alignment.problems), "unsupported"),
+            (len(self.failed_audits), "unhealthy arrays"),
+        )
+        failures = [f"{count} {what}" for count, what in counted if count]
+        if self.converted is not None and not self.converted.ok:
+            converted = self.converted
+            differ = sum(c.status != "equal" for c in converted.comparisons)
+            parts = (
+                (differ, "tensors"),
+                (len(converted.unexpected), "unexpected"),
+                (len(converted.config_problems) + len(converted.config_differences), "config"),
+            )
+            failures.append("converted output differs: " + ", ".join(f"{n} {what}" for n, what in parts if n))
+        if self.numerics is not None and not self.numerics.ok:
+            numerics = self.numerics
+            what = "log-probabilities" if numerics.complete else "hidden states"
+            failures.append(f"{what} differ by {numerics.max_abs_diff:.3g} (tolerance {numerics.atol:g})")
+        if self.numerics_skipped is not None:
+            failures.append(f"numerics not run ({self.numerics_skipped})")
+        if self.tokenizer is not None and not self.tokenizer.ok:
+            failures.append("tokenizer differs from Trax's encoder")
+        return failures
 
     def to_json(self) -> dict[str, Any]:
         from reformer_tools.inspection import config_json
@@ -294,10 +324,98 @@ def verify_checkpoint(
     return report
 
 
+def verify_conversion(
+    checkpoint: TraxCheckpoint,
+    resolved: ResolvedConfig,
+    converted: ConvertedModel | None,
+    *,
+    numerics: bool,
+    input_ids: npt.NDArray[Any] | None = None,
+    atol: float | None = None,
+    seed: int | None = None,
+    texts: Sequence[str] = (),
+    vocabulary: Vocabulary | None = None,
+) -> VerifyReport:
+    """Everything ``verify`` checks: shapes and arrays; a converted output value by value, its config and
+    (for a directory) its tokenizer on built-in sample texts and ``texts``; with ``numerics``, the
+    forward pass against the NumPy reference of Trax."""
+    float32_leaves: list[npt.NDArray[np.float32]] = []
+    report = verify_checkpoint(
+        checkpoint,
+        resolved,
+        converted,
+        on_array=(lambda leaf, array: float32_leaves.append(as_float32(array, leaf.dtype))) if numerics else None,
+    )
+    if numerics:
+        verify_numerics(report, float32_leaves, converted, input_ids, atol=atol, seed=seed)
+    if converted is not None and converted.path.is_dir():
+        from reformer_tools.trax_text import SAMPLE_TEXTS
+
+        vocabulary = vocabulary or output_vocabulary(converted.path, converted.config)
+        verify_tokenizer(report, converted.path, vocabulary, [*SAMPLE_TEXTS, *texts])
+    return report
+
+
+def verify_staged_output(
+    staged: Path,
+    output: Path,
+    checkpoint_path: Path,
+    resolved: ResolvedConfig,
+    *,
+    torch_bin: bool = False,
+    max_decompressed: int | None = None,
+) -> VerifyReport:
+    """``convert --verify``: a finished output, not yet in place, against a second read of the checkpoint.
+
+    Every tensor is read back from ``staged`` and compared with its source array, and the model runs
+    beside the NumPy reference of Trax; a directory's tokenizer is checked too. If anything differs,
+    ``OutputRejectedError`` is raised (the output is then never put in place); otherwise a
+    directory's model card is rewritten with the figures.
+    """
+    from reformer_tools.converted import open_converted
+    from reformer_tools.loader import load_checkpoint
+
+    # A second read: the conversion released each array as it wrote it, and this check should not
+    # trust anything that conversion computed.
+    checkpoint = load_checkpoint(checkpoint_path, max_decompressed=max_decompressed)
+    converted = open_converted(staged, torch_bin=torch_bin)
+    vocabulary = resolved.vocabulary.vocabulary if resolved.vocabulary is not None else None
+    report = verify_conversion(checkpoint, resolved, converted, numerics=True, vocabulary=vocabulary)
+    if report.converted is not None:
+        report.converted.path = str(output)  # where it will be, not the hidden name it is checked under
+    if not report.ok:
+        raise OutputRejectedError(
+            f"{output}: not written: the conversion differs from the checkpoint ({', '.join(report.failures())}); "
+            f"run `reformer-tools verify` on the checkpoint for details"
+        )
+    if staged.is_dir():
+        _add_verification_to_card(staged, checkpoint, resolved, converted, report)
+    return report
+
+
+def _add_verification_to_card(
+    directory: Path,
+    checkpoint: TraxCheckpoint,
+    resolved: ResolvedConfig,
+    converted: ConvertedModel,
+    report: VerifyReport,
+) -> None:
+    from reformer_tools.model_files import Verification, model_card
+
+    dtypes = {stored.dtype for _, stored in converted.items()}
+    verification = Verification(
+        tensors=len(report.converted.comparisons) if report.converted is not None else 0,
+        numerics=report.numerics.to_json() if report.numerics is not None else None,
+        tokenizer=report.tokenizer.to_json() if report.tokenizer is not None else None,
+    )
+    card = model_card(checkpoint, resolved, dtype=dtypes.pop() if len(dtypes) == 1 else None, verification=verification)
+    (directory / "README.md").write_bytes(card)
+
+
 def verify_numerics(
     report: VerifyReport,
     leaves: list[npt.NDArray[np.float32]],
-    converted: Path | None,
+    converted: ConvertedModel | None,
     input_ids: npt.NDArray[Any] | None,
     *,
     atol: float | None,
@@ -313,7 +431,7 @@ def verify_numerics(
         return
     from reformer_tools.numerics import compare_numerics
 
-    model: Path | dict[str, npt.NDArray[Any]]
+    model: ConvertedModel | dict[str, npt.NDArray[Any]]
     if converted is not None:
         model = converted
     else:

@@ -200,3 +200,45 @@ def test_force_refuses_a_directory_holding_anything_else(tmp_path: Path) -> None
     with pytest.raises(UsageError, match="holds files other than a converted model"):
         AtomicOutput(target, directory=True, force=True)
     assert files_under(tmp_path) == before
+
+
+class Refused(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["new directory", "new file", "previous directory", "previous file"])
+def test_a_check_sees_the_finished_output_and_can_stop_it(kind: str, tmp_path: Path, rename_mode: str) -> None:
+    directory = "directory" in kind
+    target = tmp_path / ("out" if directory else "out.safetensors")
+    if kind == "previous directory":
+        previous_conversion(target)
+    elif kind == "previous file":
+        target.write_bytes(b"old")
+    before = {p.name: p.read_bytes() for p in target.iterdir()} if directory and target.exists() else None
+    seen: list[Path] = []
+
+    def refuse(staged: Path) -> None:
+        seen.append(staged)
+        assert staged.name.endswith(target.name)  # readers that go by the suffix read it alike
+        assert staged.parent == tmp_path
+        assert (staged / "model.safetensors" if directory else staged).exists()
+        raise Refused
+
+    with written(target, directory=directory, force="previous" in kind) as out, pytest.raises(Refused):
+        out.commit(refuse)
+    assert len(seen) == 1
+    assert hidden(tmp_path) == []
+    if kind.startswith("new"):
+        assert not target.exists()
+    elif directory:
+        assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    else:
+        assert target.read_bytes() == b"old"
+
+    def accept(staged: Path) -> None:  # and may change files before they are put in place
+        (staged / "config.json").write_bytes(b'{"checked": true}') if directory else staged.write_bytes(b"checked")
+
+    with written(target, directory=directory, force="previous" in kind) as out:
+        out.commit(accept)
+    assert (target / "config.json" if directory else target).read_bytes() in (b'{"checked": true}', b"checked")
+    assert hidden(tmp_path) == []

@@ -46,6 +46,12 @@ def _pick(name: str, new: Any, legacy: Any, legacy_name: str) -> Any:
     "--max-shard-size", metavar="SIZE", help="Split model.safetensors into shards of at most SIZE (e.g. 2GB)."
 )
 @click.option("--dry-run", is_flag=True, help="Print the full plan and write nothing.")
+@click.option(
+    "--verify",
+    "verify_output",
+    is_flag=True,
+    help="Check OUT as `verify --numerics` does before putting it in place; write nothing if it differs.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no notes on stderr (warnings still show).")
 @click.option("--trax_model_pkl_path", "legacy_checkpoint", type=click.Path(path_type=Path), help="Legacy: CKPT.")
 @click.option("--config_file", "legacy_config", type=click.Path(path_type=Path), help="Legacy: --config.")
@@ -62,6 +68,7 @@ def convert(
     dtype: str | None,
     max_shard_size: str | None,
     dry_run: bool,
+    verify_output: bool,
     quiet: bool,
     legacy_checkpoint: Path | None,
     legacy_config: Path | None,
@@ -82,12 +89,19 @@ def convert(
     (--trax_model_pkl_path, --config_file, --pytorch_dump_path) are accepted and
     write what it wrote: a torch.save state_dict at --pytorch_dump_path.
 
+    With --verify, the finished output is checked before it is put in place,
+    against a second read of the checkpoint: every tensor read back and compared,
+    the model run beside an independent NumPy implementation of Trax's ReformerLM,
+    a directory's tokenizer against Trax's encoder. If anything differs, nothing
+    is written (exit 1); otherwise the model card records the figures.
+
     \b
     Examples:
       reformer-tools convert model.pkl.gz --config config.json -o reformer-hf/
       reformer-tools convert model.pkl.gz -o reformer-hf/ --set num_buckets=64
       reformer-tools convert model.pkl.gz --config config.json -o model.safetensors --dtype bfloat16
       reformer-tools convert model.pkl.gz -o reformer-hf/ --dry-run
+      reformer-tools convert model.pkl.gz -o reformer-hf/ --verify
     """
     from reformer_tools.convert import ConversionOptions, convert_checkpoint
     from reformer_tools.errors import UsageError
@@ -100,6 +114,8 @@ def convert(
         raise UsageError("missing the checkpoint: give CKPT (or --trax_model_pkl_path)")
     if target is None:
         raise UsageError("missing the output: give -o OUT (or --pytorch_dump_path)")
+    if dry_run and verify_output:
+        raise UsageError("--verify checks what is written, and --dry-run writes nothing: give one of them")
     sources = replace(common.sources(), config_path=config_path)
     progress = _progress(enabled=not quiet and not common.as_json and not dry_run and _stderr_is_terminal())
     with progress as on_progress:
@@ -109,6 +125,7 @@ def convert(
             force=force,
             max_decompressed=common.max_decompressed,
             legacy_bin=legacy_output is not None and output is None,
+            verify=verify_output,
             on_progress=on_progress,
         )
         if dry_run:
@@ -226,3 +243,17 @@ def _show_result(conversion: Conversion, as_json: bool) -> None:
     )
     for file in result.files:
         out.print(f"  {sanitize(file.name)}  {format_size(file.bytes)}  sha256 {file.sha256[:16]}…")
+    report = result.verification
+    if report is not None:
+        checks = [f"all {len(report.converted.comparisons) if report.converted else 0} tensors equal their source"]
+        if report.numerics is not None:
+            numerics = report.numerics
+            what = "log-probabilities" if numerics.complete else "hidden states"
+            checks.append(f"{what} agree with Trax's within {numerics.atol:g} (max {numerics.max_abs_diff:.3g})")
+        if report.tokenizer is not None:
+            checks.append(
+                f"tokenizer gives Trax's ids on {report.tokenizer.ids_equal} of {report.tokenizer.texts} texts"
+            )
+        out.print(f"[bold green]verified[/] before writing: {'; '.join(checks)}")
+        if report.numerics is not None:
+            out.print(f"  proved: {sanitize(report.numerics.proved)}")

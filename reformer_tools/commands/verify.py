@@ -79,10 +79,12 @@ def verify(
       reformer-tools verify model.pkl.gz reformer-hf/ --numerics
     """
     from reformer_tools.converted import open_converted
-    from reformer_tools.dtypes import as_float32
-    from reformer_tools.verification import read_texts, verify_checkpoint, verify_numerics
+    from reformer_tools.errors import UsageError
+    from reformer_tools.verification import read_texts, verify_conversion
 
     assert common.checkpoint is not None
+    if text_file is not None and (converted is None or not converted.is_dir()):
+        raise UsageError("--text checks a converted model directory's tokenizer: give CONVERTED, a directory")
     ids = _read_input_ids(input_ids) if input_ids is not None else None
     texts = read_texts(text_file) if text_file is not None else []
     checkpoint = load(common, common.checkpoint)
@@ -96,26 +98,17 @@ def verify(
     assert resolved is not None
     if ids is not None and input_ids is not None:
         _check_ids(input_ids, ids, resolved.spec)
-    float32_leaves: list[Any] = []
-    report = verify_checkpoint(
+    report = verify_conversion(
         checkpoint,
         resolved,
         output,
-        on_array=(lambda leaf, array: float32_leaves.append(as_float32(array, leaf.dtype))) if numerics else None,
+        numerics=numerics,
+        input_ids=ids,
+        atol=atol,
+        seed=seed,
+        texts=texts,
+        vocabulary=resolved.vocabulary.vocabulary if resolved.vocabulary is not None else None,
     )
-    if numerics:
-        verify_numerics(report, float32_leaves, converted, ids, atol=atol, seed=seed)
-    if output is not None and output.path.is_dir():
-        from reformer_tools.trax_text import SAMPLE_TEXTS
-        from reformer_tools.verification import output_vocabulary, verify_tokenizer
-
-        vocabulary = resolved.vocabulary.vocabulary if resolved.vocabulary is not None else None
-        vocabulary = vocabulary or output_vocabulary(output.path, output.config)
-        verify_tokenizer(report, output.path, vocabulary, [*SAMPLE_TEXTS, *texts])
-    elif text_file is not None:
-        from reformer_tools.errors import UsageError
-
-        raise UsageError("--text checks a converted model directory's tokenizer: give CONVERTED, a directory")
     if common.as_json:
         from reformer_tools._console import emit_json
 
@@ -173,15 +166,7 @@ def _render(report: VerifyReport) -> None:
             checks += f"; {what} agree within {report.numerics.atol:g}"
         out.print(f"[bold green]ok[/]: {checks}")
     else:
-        out.print(
-            f"[bold red]failed[/]: {len(alignment.mismatches)} shape mismatches, {len(alignment.missing)} missing, "
-            f"{len(alignment.unused)} unused, {len(alignment.problems)} unsupported, "
-            f"{len(report.failed_audits)} unhealthy arrays"
-            + ("" if report.converted is None or report.converted.ok else ", converted output differs")
-            + ("" if report.numerics is None or report.numerics.ok else ", numerics differ")
-            + ("" if report.numerics_skipped is None else ", numerics not run")
-            + ("" if report.tokenizer is None or report.tokenizer.ok else ", tokenizer differs from Trax's")
-        )
+        out.print(f"[bold red]failed[/]: {sanitize(', '.join(report.failures()))}")
 
 
 def _render_audits(report: VerifyReport) -> None:
