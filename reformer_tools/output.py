@@ -260,9 +260,7 @@ class AtomicOutput:
         checked = self._replacing
         if checked is None:
             try:
-                rename2(staging, self.target, _RENAME_NOREPLACE)
-            except FileExistsError:
-                raise self._appeared() from None
+                self._rename_into_place(staging)
             except _NoRenameat2:
                 self._link_into_new_directory(staging)
             return
@@ -282,10 +280,7 @@ class AtomicOutput:
         try:
             rename2(staging, self.target, _RENAME_EXCHANGE)
         except FileNotFoundError:  # the previous conversion went away meanwhile: nothing to replace
-            try:
-                rename2(staging, self.target, _RENAME_NOREPLACE)
-            except FileExistsError:
-                raise self._appeared() from None
+            self._rename_into_place(staging)
             return
         except _NoRenameat2:
             self._swap_directory_by_rename(staging, checked)
@@ -331,11 +326,16 @@ class AtomicOutput:
                 self.target.rmdir()
             raise
 
-    def _put_new_file(self, staging: Path) -> None:
+    def _rename_into_place(self, staging: Path) -> None:
+        """rename(2) that never replaces anything (``_NoRenameat2`` where the kernel cannot)."""
         try:
             rename2(staging, self.target, _RENAME_NOREPLACE)
         except FileExistsError:
             raise self._appeared() from None
+
+    def _put_new_file(self, staging: Path) -> None:
+        try:
+            self._rename_into_place(staging)
         except _NoRenameat2:
             try:
                 os.link(staging, self.target)  # link(2) never replaces anything; staging is unlinked after
@@ -348,10 +348,7 @@ class AtomicOutput:
         try:
             rename2(staging, self.target, _RENAME_EXCHANGE)
         except FileNotFoundError:  # the file went away meanwhile
-            try:
-                rename2(staging, self.target, _RENAME_NOREPLACE)
-            except FileExistsError:
-                raise self._appeared() from None
+            self._rename_into_place(staging)
             return
         except _NoRenameat2:
             if not checked.matches(self.target):
