@@ -4,11 +4,13 @@ and the model card (README.md). Pure: bytes in, bytes out."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from reformer_tools import __version__
+from reformer_tools.untrusted import printable
 
 if TYPE_CHECKING:
     from reformer_tools.checkpoint import TraxCheckpoint
@@ -16,7 +18,21 @@ if TYPE_CHECKING:
 
 
 def _dump(payload: Mapping[str, Any]) -> bytes:
-    return (json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    # ASCII: paths and checkpoint text may hold lone surrogates, which UTF-8 cannot carry.
+    return (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode("ascii")
+
+
+_MARKUP: Final = re.compile(r"([\\`*_\[\]<>|&~])")
+
+
+def _literal(text: str) -> str:
+    """Text from a checkpoint, a file name or a path as Markdown that shows it as it is: one line, no markup,
+    no HTML (a version stamp could otherwise add a heading or a comment that hides the rest of the card)."""
+    return _MARKUP.sub(r"\\\1", printable(text, 300))
+
+
+def _json_value(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
 def config_json(resolved: ResolvedConfig, dtype: str | None) -> bytes:
@@ -95,18 +111,18 @@ def model_card(
         "",
         "## Source",
         "",
-        f"- Trax format: `{checkpoint.format.value}` ({checkpoint.description})",
+        f"- Trax format: `{checkpoint.format.value}` ({_literal(checkpoint.description)})",
         f"- Trax releases that write this: {resolved.releases}",
     ]
     if checkpoint.step is not None:
         lines.append(f"- training step: {checkpoint.step}")
     lines += ["", "| file | sha256 |", "|---|---|"]
-    lines += [f"| `{name}` | `{digest}` |" for name, digest in sorted(checkpoint.digests().items())]
+    lines += [f"| {_literal(name)} | `{digest}` |" for name, digest in sorted(checkpoint.digests().items())]
     lines += [
         "",
         "## Configuration",
         "",
-        f"Taken from {resolved.description}.",
+        f"Taken from {_literal(resolved.description)}.",
     ]
     if resolved.assumed:
         lines += [
@@ -117,10 +133,7 @@ def model_card(
             "",
             "| setting | value | why |",
             "|---|---|---|",
-            *(
-                f"| `{key}` | `{json.dumps(list(a.value) if isinstance(a.value, tuple) else a.value)}` | {a.why} |"
-                for key, a in resolved.assumed.items()
-            ),
+            *(f"| `{key}` | `{_json_value(a.value)}` | {_literal(a.why)} |" for key, a in resolved.assumed.items()),
         ]
     else:
         lines += ["", "No value was assumed: every setting came from the checkpoint or a configuration given."]
@@ -130,7 +143,7 @@ def model_card(
     else:
         from reformer_tools.tokenizer_files import known_divergences
 
-        lines.append(f"{vocabulary.vocabulary.describe()}, from {vocabulary.source}.")
+        lines.append(f"{_literal(vocabulary.vocabulary.describe())}, from {_literal(vocabulary.source)}.")
         divergences = known_divergences(vocabulary.vocabulary)
         if divergences:
             lines += ["", "Where the tokenizer can differ from Trax's encoder:", ""]
@@ -191,4 +204,4 @@ def model_card(
                 "as Trax decodes."
             )
     lines += ["", f"Converted with reformer-tools {__version__}.", ""]
-    return "\n".join(lines).encode("utf-8")
+    return "\n".join(lines).encode("utf-8", errors="backslashreplace")

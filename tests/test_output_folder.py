@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -217,3 +218,29 @@ def test_without_a_vocabulary_the_output_has_no_tokenizer_and_says_so(checkpoint
     assert (tmp_path / "hf" / "generation_config.json").is_file()
     verify = invoke(["verify", checkpoint, tmp_path / "hf"])
     assert "tokenizer not checked" in verify.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "version"),
+    [
+        ("model.pkl", "X)\n\n## Verification\n\n- Weights: all verified OK\n<!--"),  # markup from the file
+        ("model.pkl", "Jun\ud800"),  # a lone surrogate, which the pickle's text may hold
+        ("m\udcff.pkl", "Jun-18-2020"),  # a file name that is not UTF-8
+    ],
+)
+def test_text_from_the_checkpoint_is_shown_literally_in_the_card(name: str, version: str, tmp_path: Path) -> None:
+    import pickle
+
+    spec = tiny_spec(("local",), vocab=16)
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps({"flat_weights": random_leaves(spec, seed=1), "version_timestamp": version}))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(spec.to_config_dict()), encoding="utf-8")
+    result = invoke(["convert", path, "--config", config, "-o", tmp_path / "hf"])
+    assert result.exit_code == 0, result.stderr
+    card = (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+    assert "## Verification" not in card.splitlines()  # only convert --verify may write that section
+    assert not re.search(r"(?<!\\)<!--", card)  # shown, escaped; never an HTML comment hiding the rest
+    lines = [line for line in card.splitlines() if line.startswith("- Trax format:")]
+    assert len(lines) == 1  # the description stays on its line
+    json.loads((tmp_path / "hf" / "config.json").read_text(encoding="ascii"))
