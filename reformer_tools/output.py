@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -34,6 +35,8 @@ OUTPUT_FILE_PATTERNS: Final = (
     "README.md",
 )
 
+#: What writing, never reading, fails with: inside an output's ``with`` block these are the output's (exit 5).
+_WRITE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 _AT_FDCWD: Final = -100
 _RENAME_NOREPLACE: Final = 1
 _RENAME_EXCHANGE: Final = 2
@@ -218,9 +221,18 @@ class AtomicOutput:
         for pending in self._files:
             pending.file.flush()
             os.fsync(pending.file.fileno())
+        created = _missing_directories(self.target.parent)
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        # Ends with the target's name, so readers that go by the suffix (.safetensors, .bin) read it alike.
-        staging = self.target.parent / f".staging-{secrets.token_hex(4)}-{self.target.name}"
+        try:
+            remove_abandoned_staging(self.target)
+            self._publish(self.target.parent / _staging_name(self.target), check)
+        except BaseException:
+            for directory in reversed(created):  # the parents this commit made, if still empty
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            raise
+
+    def _publish(self, staging: Path, check: Callable[[Path], None] | None) -> None:
         if self.directory:
             staging.mkdir()
             ours = os.lstat(staging).st_ino
@@ -393,8 +405,60 @@ class AtomicOutput:
     def __enter__(self) -> AtomicOutput:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
         self.close()
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise OutputError(f"{self.target}: could not write the output ({exc.strerror or exc})") from None
+
+
+_STAGING: Final = re.compile(r"\.staging-(\d+)-[0-9a-f]{8}-(.+)", re.DOTALL)
+
+
+def _staging_name(target: Path) -> str:
+    # Hidden, beside the target (rename(2) stays in one file system), and ending with the target's name, so
+    # readers that go by the suffix (.safetensors, .bin) read it alike. The pid tells a later run whether
+    # the process that made it is gone (killed with SIGKILL while committing, which no handler sees).
+    return f".staging-{os.getpid()}-{secrets.token_hex(4)}-{target.name}"
+
+
+def remove_abandoned_staging(target: Path) -> None:
+    """Remove hidden staging copies of ``target`` whose process no longer runs; only what a conversion writes."""
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = _STAGING.fullmatch(entry.name)
+        if match is None or match[2] != target.name or _running(int(match[1])):
+            continue
+        path = Path(entry.path)
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                if previous_output(path) is not None:
+                    shutil.rmtree(path)
+            elif entry.is_file(follow_symlinks=False):
+                path.unlink()
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process (EPERM), or not a pid at all: leave it
+        return True
+    return True
+
+
+def _missing_directories(directory: Path) -> list[Path]:
+    """``directory`` and its ancestors that do not exist yet, outermost first."""
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing[::-1]
 
 
 def _inode(path: Path) -> int | None:

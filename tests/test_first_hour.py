@@ -194,3 +194,30 @@ def test_bfloat16_outputs_say_how_to_load_them_and_verify_at_the_default_toleran
     assert numerics["atol"] == 1e-4
     assert numerics["weights_dtype"] == "bfloat16"
     assert any("rounded alike" in note for note in numerics["notes"])
+
+
+def test_config_out_never_replaces_an_input_even_with_force(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "model.pkl"
+    checkpoint.write_bytes((LOCAL / "model.pkl").read_bytes())
+    config = tmp_path / "config.json"
+    config.write_text(CONFIG.read_text())
+    for target, extra in ((checkpoint, []), (config, ["--config", config])):
+        before = target.read_bytes()
+        result = invoke(["inspect", checkpoint, *extra, "--config-out", target, "--force"])
+        assert result.exit_code == 2, result.stderr
+        assert "the output would overwrite the input" in result.stderr
+        assert target.read_bytes() == before
+
+
+def test_config_out_with_config_keeps_the_vocabulary_options(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "model.pkl.gz"  # the example without its config.gin: the options name the vocabulary
+    checkpoint.write_bytes((Path(__file__).parent.parent / "examples" / "zen-reformer" / "model.pkl.gz").read_bytes())
+    options = ["--vocab-type", "char", "--reserved-ids", "2"]
+    assert invoke(["inspect", checkpoint, "--config-out", tmp_path / "a.json", *options]).exit_code == 0
+    result = invoke(
+        ["inspect", checkpoint, "--config", tmp_path / "a.json", "--config-out", tmp_path / "b.json", *options]
+    )
+    assert result.exit_code == 0, result.stderr
+    written = json.loads((tmp_path / "b.json").read_text())
+    assert (written["pad_token_id"], written["eos_token_id"]) == (0, 1)
+    assert written["reformer_tools"]["sources"]["pad_token_id"] == "vocabulary"

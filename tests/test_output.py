@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from reformer_tools import output
-from reformer_tools.errors import UsageError
+from reformer_tools.errors import OutputError, UsageError
 from reformer_tools.output import OUTPUT_FILE_PATTERNS, AtomicOutput, previous_output
 from tests.conftest import TRAX_FIXTURES, invoke
-from tests.test_hostile import files_under
+from tests.test_hostile import check_line, files_under
 
 LOCAL = TRAX_FIXTURES / "t141_local_axial"
 
@@ -242,3 +245,65 @@ def test_a_check_sees_the_finished_output_and_can_stop_it(kind: str, tmp_path: P
         out.commit(accept)
     assert (target / "config.json" if directory else target).read_bytes() in (b'{"checked": true}', b"checked")
     assert hidden(tmp_path) == []
+
+
+def dead_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    return int(child.stdout)
+
+
+def test_a_staging_copy_left_by_a_killed_process_is_removed_by_the_next_commit(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    abandoned = tmp_path / f".staging-{dead_pid()}-0123abcd-out"
+    abandoned.mkdir()
+    (abandoned / "model.safetensors").write_bytes(b"from a run killed with SIGKILL")
+    foreign = tmp_path / f".staging-{dead_pid()}-0123abcd-out.d"  # another target's name: not ours
+    foreign.mkdir()
+    someone_elses = tmp_path / f".staging-{dead_pid()}-4567abcd-out"
+    someone_elses.mkdir()
+    (someone_elses / "notes.txt").write_text("not a conversion's file")
+    running = tmp_path / f".staging-{os.getppid()}-89abcdef-out"  # its process still runs
+    running.mkdir()
+    with written(target) as out:
+        out.commit()
+    assert not abandoned.exists()
+    assert foreign.exists()
+    assert someone_elses.exists()
+    assert running.exists()
+
+
+def test_parents_made_for_a_refused_output_are_removed(tmp_path: Path) -> None:
+    def refuse(staged: Path) -> None:
+        raise Refused
+
+    with written(tmp_path / "a" / "b" / "out") as out, pytest.raises(Refused):
+        out.commit(refuse)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_inside_an_output_is_an_output_error(tmp_path: Path) -> None:
+    def output() -> AtomicOutput:
+        return AtomicOutput(tmp_path / "out", directory=True, force=False)
+
+    with pytest.raises(OutputError, match="out: could not write the output"), output():
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError, match="Input/output error"), output():
+        raise OSError(errno.EIO, "Input/output error")  # may be the input's: left as it is
+
+
+def test_a_file_size_limit_while_converting_is_exit_5_and_leaves_nothing(tmp_path: Path) -> None:
+    limit = 100_000  # bytes; the example's model.safetensors is 310 KB
+    script = (
+        f"import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}));"
+        "from reformer_tools.cli import main; sys.argv[0] = 'reformer-tools'; main()"
+    )
+    example = Path(__file__).parent.parent / "examples" / "zen-reformer" / "model.pkl.gz"
+    result = subprocess.run(
+        [sys.executable, "-c", script, "convert", str(example), "-o", str(tmp_path / "out"), "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 5, result.stderr
+    check_line(result.stderr, str(tmp_path / "out"), "could not write the output")
+    assert list(tmp_path.iterdir()) == []

@@ -53,11 +53,12 @@ def inspect(common: CommonOptions, depth: int | None, list_globals: bool, config
     if config_out is not None:
         inferred = resolved
         if common.config_path is not None:  # --config-out writes what the checkpoint says, not what --config says
-            from reformer_tools.resolve import resolve_config
+            from dataclasses import replace
 
-            inferred = resolve_config(checkpoint, None, common.gin_path, common.settings)
+            inferred = replace(common.sources(), config_path=None).resolve(checkpoint)
         assert inferred is not None
-        _write_config(config_out, inferred.config_dict(), force)
+        inputs = (checkpoint.path, *checkpoint.weight_files, common.config_path, common.gin_path, common.vocab_path)
+        _write_config(config_out, inferred.config_dict(), force, tuple(p for p in inputs if p is not None))
     from reformer_tools.inspection import inspect_checkpoint
 
     inspection = inspect_checkpoint(checkpoint, resolved)
@@ -73,11 +74,11 @@ def inspect(common: CommonOptions, depth: int | None, list_globals: bool, config
         raise click.exceptions.Exit(int(ExitCode.VERIFICATION_FAILED))
 
 
-def _write_config(path: Path, config: dict[str, Any], force: bool) -> None:
+def _write_config(path: Path, config: dict[str, Any], force: bool, inputs: tuple[Path, ...]) -> None:
     from reformer_tools._console import note
     from reformer_tools.output import AtomicOutput
 
-    with AtomicOutput(path, directory=False, force=force) as target:
+    with AtomicOutput(path, directory=False, force=force, protected=inputs) as target:
         target.open(path.name).write((json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
         target.commit()
     note(f"wrote {path}")
