@@ -141,6 +141,11 @@ def read_gin(path: Path) -> GinSettings:
         translation.run()
     except _TooDeep:
         raise ConfigError(f"{path}: macros or values nested more than {MAX_NESTING} deep") from None
+    if translation.invalid:
+        # As a config.json with such a value is refused: Trax could not have run with it, so the file is not
+        # the model's config, and the default that would stand in for it would be passed off as assumed.
+        more = f" (and {len(translation.invalid) - 1} more)" if len(translation.invalid) > 1 else ""
+        raise ConfigError(f"{path}: {translation.invalid[0]}{more}")
     notes = [
         f"include {name!r} (line {line}) not followed: only this file's bindings are read" for name, line in includes
     ]
@@ -479,6 +484,7 @@ class _Translation:
         self.overrides: dict[str, Any] = {}
         self.notes: list[str] = []
         self.unrepresentable: list[str] = []
+        self.invalid: list[str] = []  # values Trax could not have run with: the file is refused
         self.vocabulary: dict[str, Any] = {}
         self.kinds: tuple[str, ...] | None = None
         self.model_scope: tuple[str, ...] = ()
@@ -524,7 +530,7 @@ class _Translation:
                 if check(value):
                     settings[name] = value
                 elif not isinstance(value, GinMacro):
-                    self.notes.append(f"Tokenize.{name} = {_show(value)} is not usable; ignored")
+                    self.invalid.append(f"Tokenize.{name} = {_show(value)} is not usable")
         for key, value in self.table.all_bindings():
             if key.endswith(".dataset_name") and isinstance(value, str) and "vocab_type" not in settings:
                 settings.setdefault("dataset_name", value)
@@ -539,7 +545,7 @@ class _Translation:
             self._set(hf_key, value)
             return True
         if not isinstance(value, GinMacro):  # undefined macros are noted once already
-            self.notes.append(f"{owner}.{name} = {_show(value)} is not {what}; ignored")
+            self.invalid.append(f"{owner}.{name} = {_show(value)} is not {what}")
         return False
 
     def _layer_norm(self) -> None:
@@ -641,7 +647,7 @@ class _Translation:
         if _is_positive_int(value):
             return int(value)
         if not isinstance(value, GinMacro):
-            self.notes.append(f"ReformerLM.max_len = {_show(value)} is not a positive integer; ignored")
+            self.invalid.append(f"ReformerLM.max_len = {_show(value)} is not a positive integer")
         return None
 
     def _plain_positions(self, *, flag: bool = True) -> None:
@@ -731,7 +737,7 @@ class _Translation:
         if "n_layers" in lm:
             n_layers = lm["n_layers"] if _is_positive_int(lm["n_layers"]) else None
             if n_layers is None and not isinstance(lm["n_layers"], GinMacro):
-                self.notes.append(f"ReformerLM.n_layers = {_show(lm['n_layers'])} is not a positive integer; ignored")
+                self.invalid.append(f"ReformerLM.n_layers = {_show(lm['n_layers'])} is not a positive integer")
         else:  # a Python caller may have passed it: the weights decide the count
             n_layers = None
         value = lm.get("attention_type")

@@ -92,12 +92,13 @@ def inspect_checkpoint(checkpoint: TraxCheckpoint, resolved: ResolvedConfig | No
 def config_json(resolved: ResolvedConfig | None) -> dict[str, Any]:
     """The fields every command's JSON carries about its config: where it came from, what was assumed."""
     if resolved is None:
-        return {"config_source": None, "trax_releases": None, "assumed": {}, "unresolved": {}}
+        return {"config_source": None, "trax_releases": None, "assumed": {}, "unresolved": {}, "warnings": []}
     return {
         "config_source": resolved.description,
         "trax_releases": str(resolved.releases),
         "assumed": resolved.provenance()["assumed"],
         "unresolved": dict(resolved.unresolved),
+        "warnings": list(resolved.warnings),
     }
 
 

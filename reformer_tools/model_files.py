@@ -124,6 +124,9 @@ def model_card(
         "",
         f"Taken from {_literal(resolved.description)}.",
     ]
+    if resolved.warnings:
+        lines += ["", "**Sources that disagree:**", ""]
+        lines += [f"- {_literal(message)}" for message in resolved.warnings]
     if resolved.assumed:
         lines += [
             "",

@@ -77,6 +77,8 @@ class ResolvedConfig:
     gin: GinSettings | None = None
     unresolved: dict[str, str] = field(default_factory=dict)  # key -> why no value could be assumed
     vocabulary: ChosenVocabulary | None = None
+    #: Sources that contradict each other on a value the outputs depend on: shown even with --quiet.
+    warnings: tuple[str, ...] = ()
 
     @property
     def gin_path(self) -> Path | None:
@@ -100,6 +102,7 @@ class ResolvedConfig:
             "assumed": {key: _jsonable(value) for key, value in self.assumed_values.items()},
             "assumed_because": {key: assumption.why for key, assumption in self.assumed.items()},
             "sources": dict(sorted(self.sources.items())),
+            "warnings": list(self.warnings),
         }
 
     def config_dict(self) -> dict[str, Any]:
@@ -205,6 +208,8 @@ def resolve_config(
     if config_path is not None:
         description = str(config_path)
         builder.take_config_json(read_config_json(config_path))
+        if checkpoint is not None:
+            builder.check_config_against_gin(find_gin(checkpoint, gin_path), found=gin_path is None)
     else:
         assert checkpoint is not None
         gin_file = find_gin(checkpoint, gin_path)
@@ -215,6 +220,7 @@ def resolve_config(
     if chosen is not None:
         builder.take_vocabulary(chosen.vocabulary)
     builder.take_settings(settings or {})
+    builder.note_sources()
     builder.fill(complete=complete)
     spec = builder.spec(description)
     if checkpoint is not None and not spec.sin_cos_positions:
@@ -235,6 +241,7 @@ def resolve_config(
         builder.gin,
         builder.unresolved,
         chosen,
+        tuple(dict.fromkeys(builder.warnings)),
     )
 
 
@@ -316,6 +323,7 @@ class _Builder:
         self.assumed: dict[str, Assumption] = {}
         self.unresolved: dict[str, str] = {}
         self.notes: list[str] = []
+        self.warnings: list[str] = []
         self.gin: GinSettings | None = None
 
     def put(self, key: str, value: Any, source: Source) -> None:
@@ -343,6 +351,31 @@ class _Builder:
                             self.values[key], str(reason or "assumed when this config.json was written")
                         )
 
+    def check_config_against_gin(self, gin_file: Path | None, *, found: bool) -> None:
+        """With --config, config.gin (--gin, or the one beside the checkpoint) still names the vocabulary, and
+        where it binds a value the config.json contradicts, that is said (the config.json is used)."""
+        if gin_file is None:
+            return
+        try:
+            gin = _read_gin(gin_file, found=False)
+        except ConfigError as error:
+            if not found:
+                raise
+            self.notes.append(f"{error}; not read, since --config gives the model's settings")
+            return
+        self.gin = gin
+        for reason in gin.unrepresentable:
+            self.warnings.append(f"{gin_file}: {reason}; --config describes a model without it")
+        for key, value in sorted(gin.overrides.items()):
+            given = self.values.get(key)
+            if value is WHOLE_SEQUENCE or self.sources.get(key) != "config.json" or _jsonable(given) == value:
+                continue
+            self.warnings.append(
+                f"{gin_file} says {key}={json.dumps(value, default=str)}; "
+                f"--config says {json.dumps(_jsonable(given), default=str)}; "
+                "using --config: if config.gin is the model's, the converted model computes something else"
+            )
+
     def take_weights_and_gin(self, checkpoint: TraxCheckpoint, gin_file: Path | None, *, found: bool) -> None:
         shapes = read_weight_shapes(checkpoint.leaves)
         gin = _read_gin(gin_file, found=found) if gin_file is not None else None
@@ -355,8 +388,6 @@ class _Builder:
                 raise UnsupportedLayoutError(f"{gin_file}: {gin.unrepresentable[0]}")
             for key, value in gin.overrides.items():
                 self.put(key, value, "config.gin")
-            bound = ", ".join(sorted(gin.overrides)) or "nothing applicable"
-            self.notes.append(f"from {gin_file}: {bound}")
             self.notes.extend(gin.notes)
             for key, value in sorted(weight_values.items()):
                 if key in gin.overrides and gin.overrides[key] != value:
@@ -370,7 +401,6 @@ class _Builder:
                 self.put(SIN_COS_KEY, gin.positions, "config.gin")
         for key, value in weight_values.items():
             self.put(key, value, "weights")
-        self.notes.append(f"config inferred from the weight shapes: {', '.join(sorted(shapes.values))}")
         if shapes.positions == "none":
             # No positional-encoding arrays: only Trax's sin-cos converts, and only if something names it.
             self.put("axial_pos_embds", False, "weights")
@@ -393,6 +423,15 @@ class _Builder:
     def take_settings(self, settings: Mapping[str, Any]) -> None:
         for key, value in settings.items():
             self.put(key, value, "--set")
+
+    def note_sources(self) -> None:
+        """Which values config.gin and the weights gave, as finally taken (a later source may have won)."""
+        if self.gin is not None:
+            from_gin = sorted(key for key, source in self.sources.items() if source == "config.gin")
+            self.notes.append(f"from {self.gin.path}: {', '.join(from_gin) or 'nothing the weights do not show'}")
+        from_weights = sorted(key for key, source in self.sources.items() if source == "weights")
+        if from_weights:
+            self.notes.append(f"config inferred from the weight shapes: {', '.join(from_weights)}")
 
     # -- what nobody said
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import shutil
 import textwrap
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from reformer_tools.trax_defaults import WHOLE_SEQUENCE
 from tests.conftest import FIXTURES, TRAX_FIXTURES, invoke
 
 GIN = FIXTURES / "gin"
+ZEN = Path(__file__).parent.parent / "examples" / "zen-reformer"
 
 ReadText = Callable[[str], GinSettings]
 
@@ -510,10 +512,27 @@ def test_sizes_round_trip(
         ("ReformerLM.max_len = [1]", "ReformerLM.max_len = [1] is not a positive integer"),
     ],
 )
-def test_wrong_types_are_noted_and_skipped(gin_text: ReadText, binding: str, note: str) -> None:
-    gin = gin_text(binding)
-    assert model_keys(gin) == {}
-    assert has_note(gin, note)
+def test_values_trax_could_not_run_with_are_refused(gin_text: ReadText, binding: str, note: str) -> None:
+    # As in a config.json: ignoring them would pass a default off as assumed for a value the file did set.
+    with pytest.raises(ConfigError, match=re.escape(note)):
+        gin_text(binding)
+
+
+def test_an_impossible_value_refuses_the_file_in_every_command(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(ZEN / "model.pkl.gz", run / "model.pkl.gz")
+    text = (ZEN / "config.gin").read_text(encoding="utf-8") + "\nSelfAttention.chunk_len = -5\n"
+    (run / "config.gin").write_text(text, encoding="utf-8")
+    for command in (["inspect"], ["verify"], ["convert", "-o", tmp_path / "hf"]):
+        result = invoke([command[0], run / "model.pkl.gz", *command[1:]])
+        assert result.exit_code == 3, result.stderr  # found beside the checkpoint: part of it, unreadable
+        assert "SelfAttention.chunk_len = -5 is not a positive integer" in result.stderr
+    (run / "given.gin").write_text(text, encoding="utf-8")
+    (run / "config.gin").unlink()
+    result = invoke(["inspect", run / "model.pkl.gz", "--gin", run / "given.gin"])
+    assert result.exit_code == 2  # typed by the user: a usage error
+    assert not (tmp_path / "hf").exists()
 
 
 def test_empty_file_sets_nothing(gin_text: ReadText) -> None:
@@ -528,9 +547,8 @@ def test_layer_norm_epsilon_only_when_bound(gin_text: ReadText) -> None:
     assert "layer_norm_eps" not in gin_text("ReformerLM.d_model = 8").overrides
     assert gin_text("LayerNorm.epsilon = 1e-05").overrides["layer_norm_eps"] == 1e-5
     assert not has_note(gin_text("LayerNorm.epsilon = 1e-06\nLayerNorm.center = True"), "LayerNorm")
-    bad = gin_text("LayerNorm.epsilon = 0")
-    assert "layer_norm_eps" not in bad.overrides
-    assert has_note(bad, "LayerNorm.epsilon = 0 is not a small positive number")
+    with pytest.raises(ConfigError, match=r"LayerNorm\.epsilon = 0 is not a small positive number"):
+        gin_text("LayerNorm.epsilon = 0")
     rms = gin_text("LayerNorm.center = False")
     assert any("RMS normalization" in reason for reason in rms.unrepresentable)  # invisible in the weights: refused
 
@@ -884,9 +902,8 @@ def test_lsh_chunk_len_none_and_n_buckets_none(gin_text: ReadText) -> None:
 
 
 def test_lsh_odd_bucket_count_is_refused_as_trax_does(gin_text: ReadText) -> None:
-    gin = gin_text("ReformerLM.attention_type = @LSHSelfAttention\nLSHSelfAttention.n_buckets = 7")
-    assert "num_buckets" not in gin.overrides
-    assert has_note(gin, "n_buckets = 7 is not an even positive integer")
+    with pytest.raises(ConfigError, match="n_buckets = 7 is not an even positive integer"):
+        gin_text("ReformerLM.attention_type = @LSHSelfAttention\nLSHSelfAttention.n_buckets = 7")
 
 
 # ---------------------------------------------------------------------------- attention types and layers

@@ -358,3 +358,41 @@ def test_config_errors_name_the_file(tmp_path: Path) -> None:
     config = _config(tmp_path, hidden_act="mish")
     with pytest.raises(ConfigError, match=str(config)):
         resolve_config(load_checkpoint(TRAX_FIXTURES / "t141_local_axial" / "model.pkl"), config)
+
+
+ZEN = Path(__file__).parent.parent / "examples" / "zen-reformer"
+
+
+def test_with_config_the_gin_still_names_the_vocabulary_and_witnesses_contradictions(tmp_path: Path) -> None:
+    converted = tmp_path / "first"
+    assert invoke(["convert", ZEN / "model.pkl.gz", "-o", converted, "-q"]).exit_code == 0
+    # A config.json that agrees with config.gin: no warning, and config.gin's Tokenize still gives the tokenizer.
+    again = invoke(["convert", ZEN / "model.pkl.gz", "--config", converted / "config.json", "-o", tmp_path / "a"])
+    assert again.exit_code == 0, again.stderr
+    assert "warning" not in again.stderr
+    assert (tmp_path / "a" / "tokenizer.json").is_file()
+    # One that contradicts it: said loudly (stderr even with -q, --json, config.json, card); --config is used.
+    config = json.loads((converted / "config.json").read_text())
+    (tmp_path / "edited.json").write_text(json.dumps({**config, "hidden_act": "gelu", "layer_norm_eps": 1e-12}))
+    args = ["convert", ZEN / "model.pkl.gz", "--config", tmp_path / "edited.json", "-o", tmp_path / "b", "-q"]
+    result = invoke([*args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert 'config.gin says hidden_act="relu"; --config says "gelu"' in result.stderr
+    assert "config.gin says layer_norm_eps=1e-06; --config says 1e-12" in result.stderr
+    assert len(json.loads(result.stdout)["warnings"]) == 2
+    written = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert (written["hidden_act"], written["layer_norm_eps"]) == ("gelu", 1e-12)
+    assert len(written["reformer_tools"]["warnings"]) == 2
+    assert "**Sources that disagree:**" in (tmp_path / "b" / "README.md").read_text()
+
+
+def test_the_config_gin_note_lists_only_what_config_gin_gave() -> None:
+    result = invoke(["inspect", ZEN / "model.pkl.gz"])
+    assert result.exit_code == 0, result.stderr
+    (gin_line,) = [line for line in result.stderr.splitlines() if line.startswith("from ") and "config.gin" in line]
+    (weights_line,) = [line for line in result.stderr.splitlines() if "from the weight shapes" in line]
+    gin_keys = set(gin_line.split(": ", 1)[1].split(", "))
+    weight_keys = set(weights_line.split(": ", 1)[1].split(", "))
+    assert "hidden_act" in gin_keys
+    assert "vocab_size" in weight_keys
+    assert not gin_keys & weight_keys  # the weights win where both say something

@@ -202,5 +202,7 @@ def report_resolution(resolved: ResolvedConfig, *, quiet: bool) -> None:
         warn(assumed)  # even with --quiet: a model that may differ from Trax's is never handed over silently
     for key, why in resolved.unresolved.items():
         warn(f"{key} is not known ({why}); Hugging Face's default shown")
+    for message in resolved.warnings:
+        warn(message)
     if not quiet and resolved.vocabulary is not None:
         note(f"vocabulary: {resolved.vocabulary.vocabulary.describe()}, from {resolved.vocabulary.source}")
