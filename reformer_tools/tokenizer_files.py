@@ -41,10 +41,11 @@ SUBWORD_OOV_DIVERGENCE: Final = (
 def check_vocab_size(vocab: Vocabulary, vocab_size: int) -> None:
     """Raise VocabularyError when the vocabulary's ids (reserved + tokens + extra) exceed the model's."""
     if vocab.size > vocab_size:
-        parts = f"{vocab.reserved_ids} reserved + {vocab.base_size} tokens + {vocab.extra_ids} extra"
+        parts = f"{vocab.reserved_ids} reserved + {vocab.base_size} tokens"
+        parts += f" + {vocab.extra_ids} extra" if vocab.extra_ids else ""
         raise VocabularyError(
             f"the {vocab.type} vocabulary has {vocab.size} ids ({parts}) but the model only {vocab_size}; "
-            "wrong vocabulary or wrong --reserved-ids/--extra-ids?"
+            "wrong vocabulary, or wrong reserved ids (--reserved-ids, config.gin's Tokenize.n_reserved_ids)?"
         )
 
 

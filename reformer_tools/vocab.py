@@ -66,7 +66,11 @@ class Vocabulary:
     ``tokens`` are the file's entries in id order (subtoken strings, WordPiece entries or SentencePiece
     pieces; empty for ``char``, whose 256 byte values are the tokens). Trax adds ``reserved_ids`` to every
     id the vocabulary gives (``trax.data.Tokenize(n_reserved_ids=...)``); ``extra_ids`` only extend the
-    size. ``size`` counts every id the vocabulary can produce: reserved + base + extra.
+    size (the sentinel ids t5's ``SentencePieceVocabulary`` appends when Trax's ``_get_vocab`` is given
+    ``extra_ids``, which ``Tokenize`` never does). No command sets ``extra_ids``: there is no option and no
+    config.gin binding for it, so it is 0 unless a library caller of :func:`load_vocabulary` gives it; a
+    converted model records it so that ``verify`` reads the same vocabulary back. ``size`` counts every id
+    the vocabulary can produce: reserved + base + extra.
     """
 
     type: VocabType
