@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,7 @@ class StoredTensor:
     """Where one tensor lives: file, dtype, shape, byte range (or an array, for .bin)."""
 
     file: Path
-    dtype: str
+    dtype: str  # a name of dtypes.DTYPES; from a .bin, any torch dtype (then ``array`` is None: unreadable)
     shape: tuple[int, ...]
     start: int = 0
     end: int = 0
@@ -51,6 +49,8 @@ class ConvertedModel:
         stored = self.tensors[key]
         if stored.array is not None:
             return stored.array
+        if stored.dtype not in DTYPES:
+            raise ValueError(f"{shown(key)} is stored as {printable(stored.dtype, 40)}, which cannot be read")
         storage = DTYPES[stored.dtype].storage
         count = math.prod(stored.shape)
         if count == 0:
@@ -148,10 +148,7 @@ def _read_safetensors(path: Path) -> dict[str, StoredTensor]:
 def _read_bin(path: Path) -> dict[str, StoredTensor]:
     from reformer_tools.hf import load_torch_state_dict
 
-    try:
-        state = load_torch_state_dict(path)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
-        # torch.load(weights_only=True) refused or could not parse it: say so in one line.
-        first = str(error).split("\n", 1)[0]
-        raise ValueError(f"torch.load could not read it: {printable(first, 200)}") from None
-    return {key: StoredTensor(path, dtype, tuple(array.shape), array=array) for key, (array, dtype) in state.items()}
+    # torch.load(weights_only=True) refusing or failing to parse it, or anything but a state_dict of plain
+    # tensors, is a ValueError naming the problem in one line.
+    state = load_torch_state_dict(path)
+    return {key: StoredTensor(path, dtype, shape, array=array) for key, (array, dtype, shape) in state.items()}

@@ -49,22 +49,50 @@ def save_torch_state_dict(
     ]
 
 
-def load_torch_state_dict(path: Any) -> dict[str, tuple[npt.NDArray[Any], str]]:
-    """Read a ``.bin`` state_dict safely (``weights_only``) as numpy storage arrays."""
+def load_torch_state_dict(path: Any) -> dict[str, tuple[npt.NDArray[Any] | None, str, tuple[int, ...]]]:
+    """Read a ``.bin`` state_dict safely (``weights_only``): key -> (storage array, dtype name, shape).
+
+    Only dtypes this tool knows (``dtypes.DTYPES``) become arrays; a tensor of any other dtype (float8,
+    complex32, ...) is kept as its dtype name and shape with no array, for ``verify`` to report. Anything
+    that is not a mapping of names to plain tensors raises ValueError, in one line.
+    """
     import torch
 
+    from reformer_tools.dtypes import DTYPES
+    from reformer_tools.untrusted import printable, shown
+
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # files from torch < 1.6 are not zip archives and cannot be memory-mapped
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    arrays: dict[str, tuple[npt.NDArray[Any], str]] = {}
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # files from torch < 1.6 are not zip archives and cannot be memory-mapped
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as error:  # torch.load parses untrusted bytes and fails in many (partly untyped) ways
+        first = str(error).split("\n", 1)[0]
+        raise ValueError(f"torch.load could not read it: {printable(first, 200)}") from None
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"it holds a {printable(type(state_dict).__name__, 40)}, not a state_dict (names -> tensors)")
+    arrays: dict[str, tuple[npt.NDArray[Any] | None, str, tuple[int, ...]]] = {}
     for key, tensor in state_dict.items():
+        if not isinstance(key, str):
+            raise ValueError(f"key {shown(key)} is not a tensor name (a string)")
         if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"{key!r} is a {type(tensor).__name__}, not a tensor")
-        if tensor.dtype == torch.bfloat16:
-            arrays[key] = (tensor.contiguous().view(torch.int16).numpy().view(np.uint16), "bfloat16")
-        else:
-            arrays[key] = (tensor.contiguous().numpy(), str(tensor.dtype).removeprefix("torch."))
+            raise ValueError(f"{shown(key)} is a {printable(type(tensor).__name__, 40)}, not a tensor")
+        if tensor.layout != torch.strided or tensor.is_quantized or tensor.device.type != "cpu":
+            raise ValueError(f"{shown(key)} is not a plain dense tensor ({printable(str(tensor.layout), 40)})")
+        shape = tuple(int(d) for d in tensor.shape)
+        name = str(tensor.dtype).removeprefix("torch.")
+        try:
+            if name == "bfloat16":
+                bits = tensor.detach().contiguous().view(torch.int16)
+                arrays[key] = (bits.numpy().view(np.uint16), "bfloat16", shape)
+            elif name in DTYPES:
+                arrays[key] = (tensor.detach().contiguous().numpy(), name, shape)
+            else:
+                arrays[key] = (None, name, shape)  # a dtype no weight of this tool has: reported, never read
+        except (TypeError, RuntimeError) as error:  # conjugate or negative views, storage torch cannot share
+            raise ValueError(f"{shown(key)}: cannot be read as an array ({printable(str(error), 120)})") from None
     return arrays
 
 

@@ -76,7 +76,7 @@ class NumericsReport:
     positions: tuple[PositionDifference, ...]
     lsh: str  # how LSH attention was handled, in a sentence or two
     notes: tuple[str, ...] = ()
-    weights_dtype: str = "float32"  # of the Hugging Face model's weights
+    weights_dtype: str = "float32"  # of the Hugging Face model's weights; "mixed (float16, float32)" if several
     assumed: dict[str, Any] = field(default_factory=dict)  # config values no source gave: not proved
 
     @property
@@ -199,15 +199,57 @@ def check_input_ids(spec: ReformerSpec, input_ids: Array) -> Array:
 # --------------------------------------------------------------- comparison
 
 
-def _state_dict(model: Path | ConvertedModel | Mapping[str, Array]) -> tuple[dict[str, Array], str]:
-    """The model's tensors as float32, and the dtype they were stored in (the narrowest, if mixed)."""
+def _state_dict(model: Path | ConvertedModel | Mapping[str, Array]) -> tuple[dict[str, Array], dict[str, str]]:
+    """The model's tensors as float32, and the dtype each was stored in."""
     if isinstance(model, Mapping):
-        return {key: np.asarray(value, dtype=np.float32) for key, value in model.items()}, "float32"
+        return {key: np.asarray(value, dtype=np.float32) for key, value in model.items()}, dict.fromkeys(
+            model, "float32"
+        )
     converted = open_converted(model) if isinstance(model, Path) else model
-    dtypes = {stored.dtype for _, stored in converted.items()}
-    narrowest = min(dtypes, key=lambda d: (np.dtype("uint16" if d == "bfloat16" else d).itemsize, d)) if dtypes else ""
     tensors = {key: as_float32(converted.load(key), stored.dtype) for key, stored in converted.items()}
-    return tensors, narrowest or "float32"
+    return tensors, {key: stored.dtype for key, stored in converted.items()}
+
+
+#: Stored dtypes the reference rounds its weights to (wider ones hold every float32 value exactly).
+_ROUNDED: Final = ("float16", "bfloat16")
+
+
+def _weights_dtype(stored: Mapping[str, str]) -> str:
+    """One dtype's name, or ``mixed (a, b)`` when the tensors are stored in several."""
+    dtypes = sorted(set(stored.values()))
+    if not dtypes:
+        return "float32"
+    return dtypes[0] if len(dtypes) == 1 else f"mixed ({', '.join(dtypes)})"
+
+
+def _rounding(
+    leaves: Sequence[Array], stored: Mapping[str, str], leaf_dtypes: Sequence[str | None] | None
+) -> tuple[list[str | None], str | None]:
+    """The dtype each reference leaf is rounded to (None: kept), and a note saying how, if anything is."""
+    dtypes = sorted(set(stored.values()))
+    alike = f"the converted weights are {dtypes[0]}; both sides computed with them rounded alike" if dtypes else ""
+    if leaf_dtypes is not None:
+        if len(leaf_dtypes) != len(leaves):
+            raise ValueError("leaf_dtypes must give one dtype (or None) per leaf")
+        rounded = [d if d in _ROUNDED else None for d in leaf_dtypes]
+        if not any(rounded):
+            return rounded, None
+        if len(dtypes) == 1:
+            return rounded, alike
+        counts = ", ".join(f"{d} ({sum(v == d for v in stored.values())})" for d in dtypes)
+        return rounded, (
+            f"the converted tensors are stored in several dtypes: {counts}; the reference rounded each of its "
+            "arrays to the dtype its own tensor is stored in"
+        )
+    if len(dtypes) == 1 and dtypes[0] in _ROUNDED:
+        return [dtypes[0]] * len(leaves), alike
+    if set(dtypes) & set(_ROUNDED):
+        # Which array feeds which tensor is the mapper's to say; without it nothing is rounded.
+        return [None] * len(leaves), (
+            f"the converted tensors are stored in several dtypes ({', '.join(dtypes)}); the reference "
+            "computed with the checkpoint's own values, unrounded"
+        )
+    return [None] * len(leaves), None
 
 
 def leaf_dtype(leaves: Sequence[Array]) -> str:
@@ -250,6 +292,7 @@ def compare_numerics(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: int = DEFAULT_MAX_LENGTH,
     assumed: Mapping[str, Any] | None = None,
+    leaf_dtypes: Sequence[str | None] | None = None,
 ) -> NumericsReport:
     """Compare Trax's forward pass (the reference) with the converted Hugging Face model.
 
@@ -258,20 +301,24 @@ def compare_numerics(
     (Hugging Face gets them shifted right); by default ``batch_size`` random sequences drawn with
     ``seed``, of :func:`choose_sequence_length`. ``seed`` is also the ``hash_seed`` used when the
     config sets none. ``atol`` defaults to ``DEFAULT_ATOL``: weights stored in 16 bits are rounded alike
-    for the reference. ``assumed``: config values no source gave, named in the report as not proved.
+    for the reference (``leaf_dtypes``: the stored dtype of each leaf's tensor, when the model's tensors are
+    not all stored alike). ``assumed``: config values no source gave, named in the report as not proved.
     """
     from reformer_tools import hf
 
     seed = DEFAULT_SEED if seed is None else seed
     atol = DEFAULT_ATOL if atol is None else atol
-    state_dict, weights_dtype = _state_dict(model)
+    state_dict, stored = _state_dict(model)
+    weights_dtype = _weights_dtype(stored)
     original = leaves
-    if weights_dtype in ("float16", "bfloat16"):
-        # The converted model holds rounded weights: the reference computes with the same rounding, so
-        # the comparison tests the conversion; the rounding's own effect is measured separately below.
+    # The converted model holds rounded weights: the reference computes with the same rounding, each array
+    # as its own tensor is stored, so the comparison tests the conversion; the rounding's own effect is
+    # measured separately below.
+    rounded, rounding_note = _rounding(leaves, stored, leaf_dtypes)
+    if any(rounded):
         leaves = [
-            as_float32(cast(np.asarray(leaf, dtype=np.float32), "float32", weights_dtype), weights_dtype)
-            for leaf in leaves
+            leaf if dtype is None else as_float32(cast(np.asarray(leaf, dtype=np.float32), "float32", dtype), dtype)
+            for leaf, dtype in zip(leaves, rounded, strict=True)
         ]
 
     ids = (
@@ -339,10 +386,12 @@ def compare_numerics(
             unrounded = trax_log_probs(original, spec, ids, lsh_rotations=rotations)
             rounding_effect = float(np.nanmax(np.abs(unrounded - ours)))
             notes.append(
-                f"the converted weights are {weights_dtype}; both sides computed with them rounded alike. The "
-                f"rounding itself moves Trax's log-probabilities by up to {rounding_effect:.3g} from the "
-                f"checkpoint's {leaf_dtype(original)} weights"
+                f"{rounding_note}. The rounding itself moves Trax's log-probabilities by up to "
+                f"{rounding_effect:.3g} from the checkpoint's {leaf_dtype(original)} weights"
             )
+            rounding_note = None
+    if rounding_note is not None:
+        notes.append(rounding_note)
 
     positions, max_abs, max_rel, worst = _differences(ours, theirs)
     return NumericsReport(

@@ -18,10 +18,11 @@ import numpy.typing as npt
 
 from reformer_tools.checkpoint import Leaf, TraxCheckpoint
 from reformer_tools.converted import ConvertedModel
-from reformer_tools.dtypes import OUTPUT_DTYPES, as_float32, cast
-from reformer_tools.errors import ConfigError, OutputRejectedError
+from reformer_tools.dtypes import DTYPES, OUTPUT_DTYPES, as_float32, cast
+from reformer_tools.errors import ConfigError, OutputRejectedError, VocabularyError
 from reformer_tools.mapper import Alignment, Assignment, align, hf_shapes
 from reformer_tools.spec import ReformerSpec, spec_from_dict
+from reformer_tools.untrusted import printable, shown
 
 if TYPE_CHECKING:
     from reformer_tools.numerics import NumericsReport
@@ -84,6 +85,40 @@ class TensorComparison:
     status: Status
     max_abs_diff: float | None = None
     detail: str = ""
+    cast_to: str | None = None  # compared after casting the source to this, the dtype the output declares
+
+
+@dataclass(frozen=True)
+class StoredDtypes:
+    """The dtypes an output's tensors are stored in, and the one cast it declares, if any.
+
+    A tensor may be stored in another dtype than its source only as the output declares: every tensor
+    stored alike, and config.json's ``torch_dtype`` (or ``dtype``), where present, naming that dtype.
+    """
+
+    counts: dict[str, int]
+    declared: str | None  # the dtype every source may have been cast to
+    why_not: str = ""  # why no cast is declared, for a tensor stored otherwise than its source
+
+    @classmethod
+    def of(cls, converted: ConvertedModel) -> StoredDtypes:
+        counts: dict[str, int] = {}
+        for _, stored in converted.items():
+            counts[stored.dtype] = counts.get(stored.dtype, 0) + 1
+        if not counts:
+            return cls(counts, None, "the output holds no tensors")
+        if len(counts) != 1:
+            shown_counts = ", ".join(f"{n} {dtype}" for dtype, n in sorted(counts.items()))
+            return cls(counts, None, f"the output's tensors are stored in several dtypes ({shown_counts})")
+        (only,) = counts
+        config = converted.config if isinstance(converted.config, dict) else {}
+        for key in ("torch_dtype", "dtype"):
+            said = config.get(key)
+            if said is not None and said != only:
+                return cls(counts, None, f"its config.json says {key} {shown(said, 40)}, every tensor is {only}")
+        if only not in OUTPUT_DTYPES:
+            return cls(counts, None, f"{only} is not a dtype a conversion writes ({', '.join(OUTPUT_DTYPES)})")
+        return cls(counts, only)
 
 
 @dataclass
@@ -93,6 +128,16 @@ class ConvertedReport:
     unexpected: list[str] = field(default_factory=list)
     config_differences: list[str] = field(default_factory=list)
     config_problems: list[str] = field(default_factory=list)
+    dtypes: StoredDtypes | None = None
+
+    @property
+    def equal_after_cast(self) -> dict[str, int]:
+        """Equal tensors compared after the declared cast, by that dtype."""
+        out: dict[str, int] = {}
+        for c in self.comparisons:
+            if c.status == "equal" and c.cast_to is not None:
+                out[c.cast_to] = out.get(c.cast_to, 0) + 1
+        return out
 
     @property
     def ok(self) -> bool:
@@ -115,6 +160,9 @@ class ConvertedReport:
                 for c in self.comparisons
                 if c.status != "equal"
             ],
+            "equal_after_cast": self.equal_after_cast,
+            "stored_dtypes": {} if self.dtypes is None else dict(sorted(self.dtypes.counts.items())),
+            "declared_dtype": None if self.dtypes is None else self.dtypes.declared,
             "unexpected": self.unexpected,
             "config_differences": self.config_differences,
             "config_problems": self.config_problems,
@@ -233,26 +281,42 @@ def audit_array(leaf: Leaf, array: npt.NDArray[Any], assignment: Assignment | No
 
 
 def compare_tensor(
-    key: str, path: str, expected: npt.NDArray[Any], dtype: str, converted: ConvertedModel
+    key: str,
+    path: str,
+    expected: npt.NDArray[Any],
+    dtype: str,
+    converted: ConvertedModel,
+    dtypes: StoredDtypes | None = None,
 ) -> TensorComparison:
     """The converted tensor against what it must hold (``expected``, a storage array of ``dtype``: a leaf's
-    transform, or a computed tensor), after the same cast, bit for bit."""
+    transform, or a computed tensor), bit for bit: as stored, or after the cast the output declares
+    (``dtypes``; a tensor stored otherwise than its source and than that is a ``dtype`` difference)."""
     stored = converted.tensors.get(key)
     if stored is None:
         return TensorComparison(key, path, "missing")
     if stored.shape != tuple(expected.shape):
         return TensorComparison(key, path, "shape", detail=f"{list(stored.shape)} instead of {list(expected.shape)}")
     detail = ""
+    cast_to = None
     if stored.dtype != dtype:
+        dtypes = dtypes or StoredDtypes.of(converted)
         if stored.dtype not in OUTPUT_DTYPES:
-            return TensorComparison(key, path, "dtype", detail=f"{stored.dtype} instead of {dtype}")
+            return TensorComparison(key, path, "dtype", detail=f"{printable(stored.dtype, 40)} instead of {dtype}")
+        if stored.dtype != dtypes.declared:
+            return TensorComparison(
+                key,
+                path,
+                "dtype",
+                detail=f"{stored.dtype} instead of {dtype}, a cast the output does not declare: {dtypes.why_not}",
+            )
         expected = cast(expected, dtype, stored.dtype)
         detail = f"compared after casting {dtype} to {stored.dtype}"
+        cast_to = stored.dtype
     actual = converted.load(key)
     if _bitwise_equal(expected, actual):
-        return TensorComparison(key, path, "equal", 0.0, detail)
+        return TensorComparison(key, path, "equal", 0.0, detail, cast_to)
     diff = np.abs(as_float32(actual, stored.dtype).astype(np.float64) - as_float32(expected, stored.dtype))
-    return TensorComparison(key, path, "different", float(np.nanmax(diff)) if diff.size else 0.0, detail)
+    return TensorComparison(key, path, "different", float(np.nanmax(diff)) if diff.size else 0.0, detail, cast_to)
 
 
 def _bitwise_equal(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
@@ -301,8 +365,9 @@ def verify_checkpoint(
     alignment = align(spec, checkpoint.leaves)
     report = VerifyReport(str(checkpoint.path), resolved, alignment)
     by_leaf = {a.leaf.index: a for a in alignment.assignments}
+    dtypes = StoredDtypes.of(converted) if converted is not None else None
     if converted is not None:
-        report.converted = ConvertedReport(str(converted.path))
+        report.converted = ConvertedReport(str(converted.path), dtypes=dtypes)
         check_converted_config(converted, spec, report.converted)
     for leaf, array in checkpoint.iter_arrays():
         assignment = by_leaf.get(leaf.index)
@@ -310,13 +375,14 @@ def verify_checkpoint(
         if converted is not None and report.converted is not None and assignment is not None:
             expected = assignment.slot.transform.apply(array)
             for key in assignment.slot.hf_keys:
-                report.converted.comparisons.append(compare_tensor(key, leaf.path, expected, leaf.dtype, converted))
+                comparison = compare_tensor(key, leaf.path, expected, leaf.dtype, converted, dtypes)
+                report.converted.comparisons.append(comparison)
         if on_array is not None:
             on_array(leaf, array)
     if converted is not None and report.converted is not None:
         for slot in alignment.computed:
             for key in slot.hf_keys:
-                comparison = compare_tensor(key, "(computed)", slot.computed_value(spec), "float32", converted)
+                comparison = compare_tensor(key, "(computed)", slot.computed_value(spec), "float32", converted, dtypes)
                 report.converted.comparisons.append(comparison)
         keys = {key for a in alignment.assignments for key in a.slot.hf_keys}
         keys |= {key for slot in alignment.computed for key in slot.hf_keys}
@@ -351,8 +417,7 @@ def verify_conversion(
     if converted is not None and converted.path.is_dir():
         from reformer_tools.trax_text import SAMPLE_TEXTS
 
-        vocabulary = vocabulary or output_vocabulary(converted.path, converted.config)
-        verify_tokenizer(report, converted.path, vocabulary, [*SAMPLE_TEXTS, *texts])
+        verify_tokenizer(report, converted.path, vocabulary, [*SAMPLE_TEXTS, *texts], converted.config)
     return report
 
 
@@ -432,8 +497,22 @@ def verify_numerics(
     from reformer_tools.numerics import compare_numerics
 
     model: ConvertedModel | dict[str, npt.NDArray[Any]]
+    leaf_dtypes: list[str | None] | None = None
     if converted is not None:
+        unreadable = sorted({stored.dtype for _, stored in converted.items() if stored.dtype not in DTYPES})
+        if unreadable:
+            report.numerics_skipped = (
+                f"the converted model holds tensors stored as {', '.join(printable(d, 40) for d in unreadable)}, "
+                "which cannot be run"
+            )
+            return
         model = converted
+        # Each array of the reference is rounded as its own tensor is stored (the first, if it feeds several).
+        leaf_dtypes = [None] * len(leaves)
+        for assignment in report.alignment.assignments:
+            stored = next((converted.tensors[k] for k in assignment.slot.hf_keys if k in converted.tensors), None)
+            if stored is not None and assignment.leaf.index < len(leaves):
+                leaf_dtypes[assignment.leaf.index] = stored.dtype
     else:
         model = {
             key: assignment.slot.transform.apply(leaves[assignment.leaf.index])
@@ -443,7 +522,14 @@ def verify_numerics(
         spec = report.resolved.spec
         model |= {key: slot.computed_value(spec) for slot in report.alignment.computed for key in slot.hf_keys}
     report.numerics = compare_numerics(
-        leaves, report.resolved.spec, model, input_ids, atol=atol, seed=seed, assumed=report.resolved.assumed_values
+        leaves,
+        report.resolved.spec,
+        model,
+        input_ids,
+        atol=atol,
+        seed=seed,
+        assumed=report.resolved.assumed_values,
+        leaf_dtypes=leaf_dtypes,
     )
 
 
@@ -463,32 +549,68 @@ def read_texts(path: Path) -> list[str]:
     return [*text.splitlines(), text]
 
 
-def output_vocabulary(directory: Path, config: dict[str, Any] | None) -> Vocabulary | None:
-    """The vocabulary a converted directory's tokenizer was written from, as its config.json records it."""
-    from reformer_tools.vocab import load_vocabulary
+def output_vocabulary(directory: Path, config: object) -> Vocabulary | None:
+    """The vocabulary a converted directory's tokenizer was written from, as its config.json records it.
 
-    recorded = (config or {}).get("reformer_tools", {}).get("vocabulary") if isinstance(config, dict) else None
-    if not isinstance(recorded, dict):
+    None when nothing is recorded; VocabularyError (one line) when the record is not one this tool writes
+    (a type it does not know, counts that are not small non-negative integers) or its copy of the
+    vocabulary file cannot be read.
+    """
+    from reformer_tools.resolve import PROVENANCE_KEY
+    from reformer_tools.vocab import VOCAB_TYPES, load_vocabulary
+
+    provenance = config.get(PROVENANCE_KEY) if isinstance(config, dict) else None
+    recorded = provenance.get("vocabulary") if isinstance(provenance, dict) else None
+    if recorded is None:
         return None
-    name = recorded.get("file")
+    where = f"its config.json's {PROVENANCE_KEY}.vocabulary"
+    if not isinstance(recorded, dict):
+        raise VocabularyError(f"{where} is a {type(recorded).__name__}, not a record")
+    vocab_type = recorded.get("type")
+    if vocab_type not in VOCAB_TYPES:
+        raise VocabularyError(f"{where} names the type {shown(vocab_type)}, not one of {', '.join(VOCAB_TYPES)}")
+    counts = {}
+    for key in ("reserved_ids", "extra_ids"):
+        value = recorded.get(key, 0)
+        if type(value) is not int:
+            raise VocabularyError(f"{where}: {key} is {shown(value)}, not an integer")
+        counts[key] = value
     copies = {
         "sentencepiece": "spiece.model",
         "subword": "vocab.subword",
         "bert": "vocab.txt",
         "bert-lowercase": "vocab.txt",
     }
-    vocab_type = recorded.get("type")
-    path = None if vocab_type == "char" or name is None else directory / copies.get(str(vocab_type), str(name))
-    return load_vocabulary(path, vocab_type, int(recorded.get("reserved_ids", 0)), int(recorded.get("extra_ids", 0)))
+    path = None if vocab_type == "char" else directory / copies[vocab_type]
+    try:
+        return load_vocabulary(path, vocab_type, counts["reserved_ids"], counts["extra_ids"])
+    except VocabularyError as error:
+        raise VocabularyError(f"{where}: {error}") from None
 
 
-def verify_tokenizer(report: VerifyReport, directory: Path, vocabulary: Vocabulary | None, texts: list[str]) -> None:
-    """The written tokenizer against an independent implementation of Trax's encoder, on ``texts``."""
+def verify_tokenizer(
+    report: VerifyReport,
+    directory: Path,
+    vocabulary: Vocabulary | None,
+    texts: list[str],
+    config: object = None,
+) -> None:
+    """The written tokenizer against an independent implementation of Trax's encoder, on ``texts``.
+
+    Without ``vocabulary``, the one the directory's ``config`` records is used; a record that cannot be
+    used is reported in ``tokenizer_skipped``, with the reason.
+    """
     from reformer_tools.trax_text import check_tokenizer
 
     if not (directory / "tokenizer.json").is_file():
         report.tokenizer_skipped = "the converted model has no tokenizer (it was converted without a vocabulary)"
         return
+    if vocabulary is None:
+        try:
+            vocabulary = output_vocabulary(directory, config)
+        except VocabularyError as error:
+            report.tokenizer_skipped = f"{error}; give --vocab to check the tokenizer"
+            return
     if vocabulary is None:
         report.tokenizer_skipped = "no vocabulary to check the tokenizer against: give --vocab"
         return

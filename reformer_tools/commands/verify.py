@@ -189,7 +189,12 @@ def _render_converted(report: VerifyReport) -> None:
     converted = report.converted
     assert converted is not None
     equal = sum(c.status == "equal" for c in converted.comparisons)
-    out.print(f"converted model {sanitize(converted.path)}: {equal} of {len(converted.comparisons)} tensors equal")
+    cast = converted.equal_after_cast
+    after = "; ".join(f"{n} after a cast to {dtype}, as the output declares" for dtype, n in sorted(cast.items()))
+    out.print(
+        f"converted model {sanitize(converted.path)}: {equal} of {len(converted.comparisons)} tensors equal"
+        + (f" ({after})" if after else "")
+    )
     for comparison in converted.comparisons:
         if comparison.status != "equal":
             diff = "" if comparison.max_abs_diff is None else f", max abs diff {comparison.max_abs_diff:.3g}"
