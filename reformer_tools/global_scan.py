@@ -24,6 +24,7 @@ MAX_REFERENCES: Final = 10_000
 MAX_SPANS: Final = 1000
 _MAX_NAME: Final = 1024  # characters of a module or name kept; real ones are far shorter
 _MAX_LINE: Final = 1 << 16
+_MAX_INDEX_TEXT: Final = 256  # characters of a protocol 0 memo index read; the machine refuses longer ones
 _WINDOW: Final = 1 << 20
 # Where a pickle or a .npy record may begin, after bytes that are neither: PROTO 2-5, the .npy magic,
 # or a protocol 0 GLOBAL or INST (a pickle with no PROTO may open with one, as "cos\nsystem\n" does).
@@ -36,7 +37,7 @@ class GlobalReference:
 
     module: str
     name: str
-    opcode: str  # GLOBAL, STACK_GLOBAL, INST, EXT1/2/4, PERSID, BINPERSID
+    opcode: str  # GLOBAL, STACK_GLOBAL, INST, EXT1/2/4, PERSID, BINPERSID, OBJ, NEXT_BUFFER, READONLY_BUFFER
     opcode_index: int  # opcodes before this one in its pickle
     offset: int = 0  # byte offset of the opcode in the (decompressed) file
     pickle: int = 0  # which pickle of the file, from 0
@@ -47,6 +48,15 @@ class GlobalReference:
     def allowed(self) -> bool:
         # INST names a global and calls it in one opcode; loading refuses INST whatever it names.
         return self.resolved and self.opcode in ("GLOBAL", "STACK_GLOBAL") and is_allowed(self.module, self.name)
+
+    @property
+    def refusal(self) -> str:
+        """Why loading refuses this reference, as the end of "the file references ..."."""
+        if not self.resolved:
+            return f"{self.label}, which loading refuses"
+        if self.opcode == "INST" and is_allowed(self.module, self.name):
+            return f"{self.label} through INST, which loading refuses (it calls what it names)"
+        return f"{self.label}, which is not on the allow-list"
 
     @property
     def label(self) -> str:
@@ -282,7 +292,8 @@ _NOARG, _FIXED, _LEN, _LINE, _LINES = range(5)
     _BINPERSID,
     _STOP,
     _NOTHING,  # PROTO, FRAME
-) = range(20)
+    _REFUSED,  # OBJ, NEXT_BUFFER, READONLY_BUFFER: loading refuses the opcode itself, whatever it reaches
+) = range(21)
 
 # Keyed on pickle's own opcode constants: (argument, width, effect, pops, pushes).
 _OPCODES: Final[dict[bytes, tuple[int, int, int, int, int]]] = {
@@ -293,7 +304,7 @@ _OPCODES: Final[dict[bytes, tuple[int, int, int, int, int]]] = {
     pickle.DUP: (_NOARG, 0, _DUP, 0, 0),
     pickle.PROTO: (_FIXED, 1, _NOTHING, 0, 0),
     pickle.FRAME: (_FIXED, 8, _NOTHING, 0, 0),
-    **{op: (_NOARG, 0, _PUSH, 0, 0) for op in (pickle.NONE, pickle.NEWTRUE, pickle.NEWFALSE, pickle.NEXT_BUFFER)},
+    **{op: (_NOARG, 0, _PUSH, 0, 0) for op in (pickle.NONE, pickle.NEWTRUE, pickle.NEWFALSE)},
     **{op: (_NOARG, 0, _PUSH, 0, 0) for op in (pickle.EMPTY_TUPLE, pickle.EMPTY_LIST, pickle.EMPTY_DICT)},
     pickle.EMPTY_SET: (_NOARG, 0, _PUSH, 0, 0),
     pickle.BININT: (_FIXED, 4, _PUSH, 0, 0),
@@ -315,7 +326,7 @@ _OPCODES: Final[dict[bytes, tuple[int, int, int, int, int]]] = {
     pickle.STRING: (_LINE, 0, _LINE_TEXT, 0, 0),
     pickle.UNICODE: (_LINE, 0, _LINE_TEXT, 0, 0),
     **{op: (_NOARG, 0, _TO_MARK_PUSH, 0, 0) for op in (pickle.LIST, pickle.TUPLE, pickle.DICT, pickle.FROZENSET)},
-    pickle.OBJ: (_NOARG, 0, _TO_MARK_PUSH, 0, 0),  # the class came from GLOBAL or STACK_GLOBAL: listed there
+    **{op: (_NOARG, 0, _REFUSED, 0, 0) for op in (pickle.OBJ, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER)},
     **{op: (_NOARG, 0, _TO_MARK, 0, 0) for op in (pickle.APPENDS, pickle.SETITEMS, pickle.ADDITEMS)},
     pickle.TUPLE1: (_NOARG, 0, _POP_PUSH, 1, 1),
     pickle.TUPLE2: (_NOARG, 0, _POP_PUSH, 2, 1),
@@ -326,7 +337,6 @@ _OPCODES: Final[dict[bytes, tuple[int, int, int, int, int]]] = {
     pickle.BUILD: (_NOARG, 0, _POP_PUSH, 1, 0),
     pickle.NEWOBJ: (_NOARG, 0, _POP_PUSH, 2, 1),
     pickle.NEWOBJ_EX: (_NOARG, 0, _POP_PUSH, 3, 1),
-    pickle.READONLY_BUFFER: (_NOARG, 0, _NOTHING, 0, 0),
     pickle.GET: (_LINE, 0, _GET, 0, 0),
     pickle.BINGET: (_FIXED, 1, _GET, 0, 0),
     pickle.LONG_BINGET: (_FIXED, 4, _GET, 0, 0),
@@ -349,6 +359,11 @@ _TEXT_ENCODING: Final = {
     pickle.SHORT_BINUNICODE[0]: "utf-8",
     pickle.BINUNICODE[0]: "utf-8",
     pickle.BINUNICODE8[0]: "utf-8",
+}
+_REFUSED_BECAUSE: Final = {
+    "OBJ": ": it calls the class below the mark",
+    "NEXT_BUFFER": ": an out-of-band buffer",
+    "READONLY_BUFFER": "",
 }
 _NAMES: Final = {ord(op.code): op.name for op in pickletools.opcodes}
 _TABLE: Final[list[tuple[int, int, int, int, int] | None]] = [None] * 256
@@ -426,6 +441,7 @@ class _Scan:
         stack: list[object] = []
         marks: list[int] = []
         memo: dict[int, object] = {}
+        memo_known = True  # False once a PUT could not be followed: every later GET is then unknown
         count = 0
         problem: str | None = None
         not_pickle = False
@@ -478,7 +494,7 @@ class _Scan:
                     stack.append(_UNKNOWN)
                 elif effect == _GET:
                     position = _memo_index(arg)
-                    stack.append(_UNKNOWN if position is None else memo.get(position, _UNKNOWN))
+                    stack.append(memo.get(position, _UNKNOWN) if memo_known and position is not None else _UNKNOWN)
                 elif effect == _POP_PUSH:
                     del stack[max(floor, len(stack) - pops) :]
                     if pushes:
@@ -504,7 +520,10 @@ class _Scan:
                     stack.append(stack[-1] if len(stack) > floor else _UNKNOWN)
                 elif effect in (_PUT, _MEMOIZE):
                     position = len(memo) if effect == _MEMOIZE else _memo_index(arg)
-                    if position is not None:
+                    if position is None:
+                        # The machine may read this index otherwise (or refuse it): no memo entry is certain now.
+                        memo_known = False
+                    else:
                         memo[position] = stack[-1] if len(stack) > floor else _UNKNOWN
                 elif effect != _NOTHING:
                     self._reference_opcode(code, effect, arg, stack, marks, count - 1, at)
@@ -520,10 +539,21 @@ class _Scan:
     def _reference_opcode(
         self, code: int, effect: int, arg: object, stack: list[object], marks: list[int], index: int, at: int
     ) -> None:
-        """GLOBAL, INST, STACK_GLOBAL, EXT and PERSID: record what each reaches, then its stack effect."""
+        """GLOBAL, INST, STACK_GLOBAL, EXT, PERSID and refused opcodes: record what each reaches, then its
+        stack effect."""
         floor = marks[-1] if marks else 0
         opcode = _NAMES[code]
         pickle_index = len(self.pickles)
+        if effect == _REFUSED:
+            what = f"{opcode} (an opcode loading refuses{_REFUSED_BECAUSE.get(opcode, '')})"
+            self._reference("?", what, opcode, index, at, pickle_index, False)
+            if opcode == "OBJ":  # pops the class and its arguments down to the mark
+                del stack[floor:]
+                if marks:
+                    marks.pop()
+            if opcode != "READONLY_BUFFER":
+                stack.append(_UNKNOWN)
+            return
         if effect in (_GLOBAL, _INST):
             assert isinstance(arg, tuple)
             self._reference(arg[0], arg[1], opcode, index, at, pickle_index, True)
@@ -564,9 +594,10 @@ class _Scan:
 
 
 def _memo_index(arg: object) -> int | None:
+    """A PUT or GET index as the pickle machine reads it (``int()`` of the line, up to its length limit)."""
     if isinstance(arg, int):
         return arg
-    if isinstance(arg, bytes) and len(arg) <= 20:
+    if isinstance(arg, bytes) and len(arg) <= _MAX_INDEX_TEXT:
         try:
             return int(arg)
         except ValueError:

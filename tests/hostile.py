@@ -170,6 +170,7 @@ class Payload:
     globals: frozenset[str]
     protocol: int = 2
     unnamed: str | None = None
+    redefines_memo: bool = False  # pickle allows it; pickletools.dis, stricter, refuses such a pickle
 
 
 def _system(module: str, canary: Path) -> bytes:
@@ -256,6 +257,22 @@ def _inst(canary: Path) -> bytes:
 
 def _obj(canary: Path) -> bytes:
     return MARK + global_("os", "system") + string(shell(canary)) + b"o"
+
+
+def _obj_allowed_class(canary: Path) -> bytes:
+    # OBJ calls the class it finds below the mark: loading refuses the opcode even for an allowed class.
+    return MARK + global_("numpy", "dtype") + string("f4") + b"o"
+
+
+def _memo_long_index(canary: Path) -> bytes:
+    # PUT indexes of more than 20 digits overwrite "numpy" and "dtype" with "os" and "system": the scan once
+    # skipped such PUTs and named numpy.dtype, where loading reaches os.system.
+    def long_put(index: int) -> bytes:
+        return b"p" + b"0" * 25 + str(index).encode() + b"\n"
+
+    strings = sstr("numpy") + b"p1\n" + POP + sstr("dtype") + b"p2\n" + POP
+    strings += sstr("os") + long_put(1) + POP + sstr("system") + long_put(2) + POP
+    return strings + b"g1\ng2\n" + STACK_GLOBAL + tup(ustr(shell(canary))) + REDUCE
 
 
 def _ext(canary: Path) -> bytes:
@@ -448,6 +465,8 @@ PAYLOADS: tuple[Payload, ...] = (
     Payload("subprocess_popen", _popen, "subprocess.Popen", frozenset({"subprocess.Popen"})),
     Payload("inst_opcode", _inst, "INST", _OS, protocol=0),
     Payload("obj_opcode", _obj, "os.system", _OS, protocol=1),
+    Payload("obj_on_an_allowed_class", _obj_allowed_class, "OBJ", frozenset({"numpy.dtype"}), 1, "OBJ"),
+    Payload("memo_index_of_26_digits", _memo_long_index, "os.system", _OS, protocol=4, redefines_memo=True),
     Payload(
         "ext_registry",
         _ext,

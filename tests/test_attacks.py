@@ -307,6 +307,17 @@ def test_unscannable_bytes_are_reported_with_their_reason(tmp_path: Path) -> Non
     assert found.compressed
 
 
+def test_a_put_the_scan_cannot_read_makes_every_later_memo_entry_unknown(tmp_path: Path) -> None:
+    # Loading refuses an index this long; the scan must not fall back to what the memo held before.
+    path = tmp_path / "model.pkl"
+    overwrite = h.sstr("os") + b"p" + b"9" * 300 + b"\n" + h.POP
+    strings = h.sstr("numpy") + b"p1\n" + h.POP + h.sstr("dtype") + b"p2\n" + h.POP + overwrite
+    path.write_bytes(h.proto(4) + strings + b"g1\ng2\n" + h.STACK_GLOBAL + h.STOP)
+    (found,) = scan_globals(path)
+    assert [(r.resolved, r.allowed) for r in found.references] == [(False, False)]
+    assert invoke(["inspect", path, "--globals"]).exit_code == 4
+
+
 def test_a_listing_with_unscanned_bytes_is_no_pass(tmp_path: Path) -> None:
     # Only allowed globals were found, but the trailing bytes were never read as a pickle.
     path = tmp_path / "model.pkl"

@@ -209,7 +209,7 @@ def _show_globals(common: CommonOptions) -> None:
         )
     if refused:
         first = refused[0]
-        warn(f"{common.checkpoint}: references {first.label}, which is not on the allow-list")
+        warn(f"{common.checkpoint}: references {first.refusal}")
         raise click.exceptions.Exit(int(ExitCode.UNSAFE))
     if not complete:
         # A listing with holes proves nothing about the holes: not a pass.
