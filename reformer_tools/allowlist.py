@@ -10,11 +10,10 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from reformer_tools.dtypes import check_shape, untrusted_dtype
+from reformer_tools.dtypes import MAX_NDIM, check_shape, untrusted_dtype
 from reformer_tools.errors import UnreadableCheckpointError, UnsafeCheckpointError
 from reformer_tools.untrusted import printable, shown
 
-_MAX_NDIM: Final = 32
 _MAX_SHAPE_DTYPE_DIMS: Final = 32
 
 
@@ -209,7 +208,7 @@ def _is_one_of(value: Any, *choices: str | bytes) -> bool:
 
 def _as_shape(value: Any, what: str) -> tuple[int, ...]:
     _check(type(value) is tuple, f"{what}: shape is not a tuple")
-    _check(len(value) <= _MAX_NDIM, f"{what}: more than {_MAX_NDIM} dimensions")
+    _check(len(value) <= MAX_NDIM, f"{what}: more than {MAX_NDIM} dimensions")
     _check(all(_is_int(d) and d >= 0 for d in value), f"{what}: shape has a non-integer or negative size")
     return tuple(value)
 

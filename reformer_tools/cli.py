@@ -39,7 +39,8 @@ class _Group(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except MemoryError as failure:
-            _fail(ctx, "out of memory", ExitCode.UNREADABLE, failure)
+            # The checkpoint asks for more than this machine has (the loader names the file when it is there).
+            _fail(ctx, "out of memory: the checkpoint needs more than this machine has", ExitCode.UNREADABLE, failure)
         except Exception as failure:  # a bug: still one line, traceback with --debug
             message = f"internal error: {type(failure).__name__}: {failure} (please report it with --debug output)"
             _fail(ctx, message, ExitCode.INTERNAL, failure)

@@ -63,7 +63,7 @@ DTYPES: Final[dict[str, DTypeInfo]] = {
 #: The dtypes a model's weights may have (uint16 arrays are bfloat16 bit patterns, as in Trax).
 WEIGHT_DTYPES: Final = tuple(name for name, info in DTYPES.items() if info.weight)
 #: The dtypes `convert --dtype` writes.
-OUTPUT_DTYPES: Final = ("float32", "float16", "bfloat16")
+OUTPUT_DTYPES: Final = tuple(name for name, info in DTYPES.items() if info.output)
 #: safetensors code -> logical name.
 BY_SAFETENSORS: Final = {info.safetensors: name for name, info in DTYPES.items() if info.safetensors is not None}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import itertools
 from pathlib import Path
 from typing import Any, Final
@@ -56,7 +57,8 @@ def _summarize_value(key: str, value: Any, path: Path | None, budget: _Budget) -
         values = value.values if isinstance(value, TraxHistory) else value.get("_values", value)
         return _summarize_history(values, budget)
     if key in ("slots", "slots_per_task") and type(value) is int and path is not None:
-        found = sorted(p.name for p in path.parent.glob(path.name.removesuffix("pkl.gz") + "opt_slots*.npy.gz"))
+        pattern = glob.escape(path.name.removesuffix("pkl.gz")) + "opt_slots*.npy.gz"  # "[1]" is no class
+        found = sorted(p.name for p in path.parent.glob(pattern))
         where = f" in {', '.join(found)}" if found else ""
         return f"optimizer slots stored in side files{where} (not read)"
     signature = _signature(value)
@@ -69,14 +71,14 @@ def _summarize_value(key: str, value: Any, path: Path | None, budget: _Budget) -
         return f"text of {value.chars:,} characters"
     if type(value) in (int, float, str, bool) or value is None:
         return shown(value, 120)
-    count, nbytes, complete = _count_arrays(value, budget)
+    count, nbytes, unseen = _count_arrays(value, budget)
     if count:
-        return f"{count} arrays, {format_size(nbytes)}" + ("" if complete else " (at least: not all looked at)")
+        return f"{count} arrays, {format_size(nbytes)}" + ("" if unseen is None else " (at least: not all looked at)")
     if isinstance(value, list | tuple | dict):
         kind = type(value).__name__
         if not value:
             return f"empty {kind}"
-        return f"{kind} of {len(value)} items, " + ("no arrays" if complete else "too many to look through")
+        return f"{kind} of {len(value)} items, " + ("no arrays" if unseen is None else unseen)
     return type_name(value)
 
 
@@ -143,13 +145,14 @@ def _number(value: Any) -> str:
     return f"{float(item):.6g}"
 
 
-def _count_arrays(value: Any, budget: _Budget) -> tuple[int, int, bool]:
-    """Arrays (and their bytes) anywhere in ``value``; False if the budget ran out first.
+def _count_arrays(value: Any, budget: _Budget) -> tuple[int, int, str | None]:
+    """Arrays (and their bytes) anywhere in ``value``, and why not all of it was looked at (None: it was).
 
     Every object is charged when it is queued, so a list holding itself a million
     times costs a million visits, not a million lists of a million.
     """
     count = nbytes = 0
+    unseen = None
     todo: list[tuple[Any, int]] = [(value, 0)]
     while todo:
         node, depth = todo.pop()
@@ -157,9 +160,12 @@ def _count_arrays(value: Any, budget: _Budget) -> tuple[int, int, bool]:
             count, nbytes = count + 1, nbytes + node.bits.nbytes
         elif isinstance(node, np.ndarray):
             count, nbytes = count + 1, nbytes + node.nbytes
-        elif depth < MAX_DEPTH and isinstance(node, list | tuple | dict):
+        elif isinstance(node, list | tuple | dict):
+            if depth >= MAX_DEPTH:  # not looked into: what it holds is not known
+                unseen = f"nested more than {MAX_DEPTH:,} deep to look through"
+                continue
             if not budget.spend(len(node)):
-                return count, nbytes, False
+                return count, nbytes, "too many to look through"
             children = node.values() if isinstance(node, dict) else node
             todo.extend((child, depth + 1) for child in children)
-    return count, nbytes, True
+    return count, nbytes, unseen

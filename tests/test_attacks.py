@@ -378,3 +378,21 @@ def test_a_pickle_written_by_python_scans_like_the_machine_reads_it(tmp_path: Pa
     (only,) = found.pickles
     assert (only.start, only.end, only.problem) == (0, len(data), None)
     assert load_checkpoint(path).format is CheckpointFormat.PICKLE_TREE
+
+
+def test_metadata_nested_too_deep_to_look_through_is_not_said_to_hold_no_arrays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(summaries, "MAX_DEPTH", 3)
+    nested: object = np.zeros(4, np.float32)
+    for _ in range(5):
+        nested = [nested]
+    (item,) = summaries.summarize({"slots": nested})
+    assert item.summary == "list of 1 items, nested more than 3 deep to look through"
+
+
+def test_side_slot_files_are_found_whatever_the_checkpoint_is_called(tmp_path: Path) -> None:
+    path = tmp_path / "model[1].pkl.gz"  # glob would read "[1]" as a character class
+    (tmp_path / "model[1].opt_slots0.npy.gz").write_bytes(b"")
+    (item,) = summaries.summarize({"slots": 1}, path)
+    assert item.summary == "optimizer slots stored in side files in model[1].opt_slots0.npy.gz (not read)"
