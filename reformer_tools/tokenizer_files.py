@@ -8,7 +8,7 @@ here directly (no ``tokenizers`` import), deterministically.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from reformer_tools._unicode13 import ALNUM_RANGES, CJK_RANGES
@@ -149,6 +149,24 @@ def known_divergences(vocab: Vocabulary) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: The ``\\NNN;`` escapes the written subword tokenizer's decoder turns back into characters (any other stays
+#: text): a newline, and what it writes for a character outside the alphabet.
+SUBWORD_DECODED_ESCAPES: Final = (10, _OOV_CODE)
+
+
+def subword_oov_escape(vocab: Vocabulary) -> Callable[[str], str]:
+    """The escape the written subword tokenizer writes for a character outside the alphabet (see
+    SUBWORD_OOV_DIVERGENCE): U+FFFD's for every one, except the marker character its normalizer uses, which
+    it writes as Trax does (its own code point)."""
+    (mark,) = _private_chars(1, vocab.alphabet)
+    replacement = f"\\{_OOV_CODE};"
+
+    def escape(ch: str) -> str:
+        return f"\\{ord(ch)};" if ch == mark else replacement
+
+    return escape
+
+
 def text_divergence(vocab: Vocabulary, text: str) -> str | None:
     """Why ``text`` may encode differently from Trax with this vocabulary, or None if it cannot."""
     if vocab.type == "subword":
@@ -262,6 +280,7 @@ def _replace(pattern: str, content: str, regex: bool = False) -> JsonDict:
 
 def _subword(vocab: Vocabulary) -> tuple[JsonDict, JsonDict]:
     alphabet = vocab.alphabet
+    # The first marker is the one subword_oov_escape names: keep them in step.
     mark, real, word_end, separator, backslash = _private_chars(5, alphabet)
     alnum = _class(ALNUM_RANGES)
     other = _class(ALNUM_RANGES, negate=True)

@@ -227,7 +227,12 @@ class VerifyReport:
         if self.numerics_skipped is not None:
             failures.append(f"numerics not run ({self.numerics_skipped})")
         if self.tokenizer is not None and not self.tokenizer.ok:
-            failures.append("tokenizer differs from Trax's encoder")
+            tokenizer = self.tokenizer
+            mismatches = (tokenizer.load_error, tokenizer.first_id_mismatch, tokenizer.first_decoding_mismatch)
+            if any(m is not None for m in mismatches):
+                failures.append("tokenizer differs from Trax's encoder")
+            if tokenizer.first_start_mismatch is not None:
+                failures.append("tokenizer does not start every text with id 0")
         return failures
 
     def to_json(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from reformer_tools.tokenizer_files import (
     text_divergence,
     tokenizer_files,
 )
-from reformer_tools.trax_text import SAMPLE_TEXTS, check_tokenizer, trax_encoder
+from reformer_tools.trax_text import SAMPLE_TEXTS, check_tokenizer, trax_encoder, written_prediction
 from reformer_tools.vocab import Vocabulary, detect_vocab_type, load_vocabulary, parse_sentencepiece_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vocab"
@@ -366,3 +366,83 @@ def test_modules_are_light(module: str) -> None:
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     heavy = {"click", "rich", "torch", "transformers", "tokenizers", "sentencepiece"}
     assert not {name for name in loaded if name.split(".")[0] in heavy}
+
+
+# --- verify's tokenizer check: documented divergences exactly as predicted, id 0 first ----------------------
+
+
+PREDICTION_POOL = [*SUBWORD_POOL, "\ue001", "\ue002", "\ue003", "\ue004", "\ufffd", "Ж", "x", " ", "\\1", "0;"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(PREDICTION_POOL), max_size=16).map("".join))
+def test_the_written_subword_tokenizer_gives_exactly_the_prediction(text: str) -> None:
+    # Where Trax and the tokenizer differ, they differ exactly as written_prediction says: its ids, and its
+    # decoding of Trax's ids; and where nothing may differ, the prediction is Trax.
+    tokenizer = _fast("subword")
+    trax_side = trax_encoder(vocabulary("subword"))
+    prediction = written_prediction(vocabulary("subword"))
+    assert prediction is not None
+    expected = trax_side.encode(text)
+    assert tokenizer(text, add_special_tokens=False).input_ids == prediction.encode(text)
+    decoded = tokenizer.decode(expected, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    assert decoded == prediction.decode(expected)
+    if text_divergence(vocabulary("subword"), text) is None:
+        assert prediction.encode(text) == expected
+        assert prediction.decode(expected) == trax_side.decode(expected)
+
+
+def _edit_tokenizer(directory: Path, change: Any) -> Path:
+    path = directory / "tokenizer.json"
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    change(payload)
+    path.write_text(json.dumps(payload), encoding="utf-8")
+    return directory
+
+
+def _oov_encoded_as_another_escape(payload: dict[str, Any]) -> None:
+    (step,) = [s for s in payload["normalizer"]["normalizers"] if s.get("content") == "\\65533;"]
+    step["content"] = "\\233;"
+
+
+def _oov_decoded_as_a_question_mark(payload: dict[str, Any]) -> None:
+    (step,) = [s for s in payload["decoder"]["decoders"] if s.get("content") == "\ufffd"]
+    step["content"] = "?"
+
+
+@pytest.mark.parametrize("change", [_oov_encoded_as_another_escape, _oov_decoded_as_a_question_mark])
+def test_a_subword_difference_the_divergence_does_not_predict_fails(change: Any, tmp_path: Path) -> None:
+    directory = _edit_tokenizer(write(vocabulary("subword"), tmp_path / "subword"), change)
+    report = check_tokenizer(directory, vocabulary("subword"))
+    assert not report.ok
+    assert report.documented < 10  # the texts with characters outside the alphabet no longer count as documented
+    failed = report.first_id_mismatch or report.first_decoding_mismatch
+    assert failed is not None
+    assert text_divergence(vocabulary("subword"), failed) is not None
+    if report.first_id_mismatch is not None:
+        assert report.predicted_ids is not None
+        assert report.actual_ids != report.predicted_ids
+    assert report.to_json()["ok"] is False
+
+
+def test_the_tokenizer_must_start_every_text_with_id_zero(tmp_path: Path) -> None:
+    report = check_tokenizer(write(vocabulary("char2"), tmp_path / "good"), vocabulary("char2"))
+    assert report.ok
+    assert report.starts_with_zero == report.texts
+    directory = _edit_tokenizer(write(vocabulary("char2"), tmp_path / "bad"), lambda p: p.update(post_processor=None))
+    report = check_tokenizer(directory, vocabulary("char2"))
+    assert not report.ok
+    assert report.starts_with_zero == 0
+    assert report.first_start_mismatch == SAMPLE_TEXTS[0]
+    assert report.ids_equal == report.texts  # without special tokens nothing else differs
+
+
+def test_a_text_neither_trax_nor_the_tokenizer_can_encode_is_no_crash(tmp_path: Path) -> None:
+    # "ab" makes "a" and "b" part of the alphabet, but no subtoken spells "a" alone: Trax fails, so does the
+    # tokenizer.
+    path = tmp_path / "vocab.subword"
+    path.write_text("'<pad>'\n'<EOS>'\n'ab_'\n'ab'\n'_'\n", encoding="utf-8")
+    vocab = load_vocabulary(path, "subword")
+    report = check_tokenizer(write(vocab, tmp_path / "out"), vocab, ["ab", "a"])
+    assert report.ok, report
+    assert (report.ids_equal, report.documented) == (1, 1)

@@ -256,6 +256,12 @@ def _render_tokenizer(report: VerifyReport) -> None:
             f"({sanitize(check.documented_reason or '')})"
         )
     if check.first_id_mismatch is not None:
-        out.print(f"  first text with other ids: {sanitize(repr(check.first_id_mismatch), 200)}")
+        what = " than its documented divergence predicts" if check.predicted_ids is not None else ""
+        out.print(f"  first text with other ids{what}: {sanitize(repr(check.first_id_mismatch), 200)}")
     if check.first_decoding_mismatch is not None:
         out.print(f"  first text decoded otherwise: {sanitize(repr(check.first_decoding_mismatch), 200)}")
+    if check.first_start_mismatch is not None:
+        out.print(
+            f"  with special tokens, {check.texts - check.starts_with_zero} texts do not start with id 0 (Trax's "
+            f"ReformerLM feeds 0 first), the first: {sanitize(repr(check.first_start_mismatch), 200)}"
+        )
