@@ -77,7 +77,9 @@ class NumericsReport:
     lsh: str  # how LSH attention was handled, in a sentence or two
     notes: tuple[str, ...] = ()
     weights_dtype: str = "float32"  # of the Hugging Face model's weights; "mixed (float16, float32)" if several
-    assumed: dict[str, Any] = field(default_factory=dict)  # config values no source gave: not proved
+    #: Config values no source of the checkpoint gave (assumed; or only a converted model's config.json says
+    #: them): not proved.
+    assumed: dict[str, Any] = field(default_factory=dict)
 
     @property
     def proved(self) -> str:
@@ -91,8 +93,8 @@ class NumericsReport:
         unproved = [key for key in self.assumed if key in OUTPUT_FIELDS]
         if unproved:
             claim += (
-                f"; the config's assumed values ({', '.join(unproved)}) are not proved: had Trax used others, "
-                "its outputs would differ and no check on these weights could tell"
+                f"; values no source of the checkpoint gives ({', '.join(unproved)}) are not proved: had Trax "
+                "used others, its outputs would differ and no check on these weights could tell"
             )
         return claim
 
@@ -271,9 +273,11 @@ def _differences(ours: Array, theirs: Array) -> tuple[tuple[PositionDifference, 
     return positions, float(abs_by_position.max()), float(rel_by_position.max()), worst
 
 
-def _config_notes(spec: ReformerSpec) -> list[str]:
+def _config_notes(spec: ReformerSpec, sources: Mapping[str, str]) -> list[str]:
     notes = []
-    if not math.isclose(spec.layer_norm_eps, TRAX_LAYER_NORM_EPS):
+    # Nothing to say when config.gin or --set gave the value, or verify already reports it contradicted.
+    given = sources.get("layer_norm_eps") in ("config.gin", "--set", "contradicted")
+    if not math.isclose(spec.layer_norm_eps, TRAX_LAYER_NORM_EPS) and not given:
         notes.append(
             f"layer_norm_eps is {spec.layer_norm_eps:g}; Trax's LayerNorm uses {TRAX_LAYER_NORM_EPS:g} unless "
             "config.gin binds LayerNorm.epsilon (trax >= 1.3.7): both sides ran with the config's value"
@@ -293,6 +297,7 @@ def compare_numerics(
     max_length: int = DEFAULT_MAX_LENGTH,
     assumed: Mapping[str, Any] | None = None,
     leaf_dtypes: Sequence[str | None] | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> NumericsReport:
     """Compare Trax's forward pass (the reference) with the converted Hugging Face model.
 
@@ -302,7 +307,8 @@ def compare_numerics(
     ``seed``, of :func:`choose_sequence_length`. ``seed`` is also the ``hash_seed`` used when the
     config sets none. ``atol`` defaults to ``DEFAULT_ATOL``: weights stored in 16 bits are rounded alike
     for the reference (``leaf_dtypes``: the stored dtype of each leaf's tensor, when the model's tensors are
-    not all stored alike). ``assumed``: config values no source gave, named in the report as not proved.
+    not all stored alike). ``assumed``: config values no source gave, named in the report as not proved;
+    ``sources``: where the config's values came from (a value config.gin or --set gave needs no note).
     """
     from reformer_tools import hf
 
@@ -330,7 +336,7 @@ def compare_numerics(
     lsh_layers = [i for i, kind in enumerate(spec.attn_layers) if kind == "lsh"]
     hash_seed = spec.hash_seed if spec.hash_seed is not None else seed
     config = spec.to_config_dict()
-    notes = _config_notes(spec)
+    notes = _config_notes(spec, sources or {})
     rotations: list[Array | None] = [None] * spec.num_layers
     if lsh_layers:
         config["hash_seed"] = hash_seed

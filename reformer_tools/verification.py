@@ -8,8 +8,8 @@ Everything found is collected; nothing stops at the first problem.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -21,12 +21,12 @@ from reformer_tools.converted import ConvertedModel
 from reformer_tools.dtypes import DTYPES, OUTPUT_DTYPES, as_float32, cast
 from reformer_tools.errors import ConfigError, OutputRejectedError, VocabularyError
 from reformer_tools.mapper import Alignment, Assignment, align, hf_shapes
-from reformer_tools.spec import ReformerSpec, spec_from_dict
+from reformer_tools.spec import SIN_COS_KEY, ReformerSpec, spec_from_dict
 from reformer_tools.untrusted import printable, shown
 
 if TYPE_CHECKING:
     from reformer_tools.numerics import NumericsReport
-    from reformer_tools.resolve import ResolvedConfig
+    from reformer_tools.resolve import ConfigSources, ResolvedConfig
     from reformer_tools.trax_text import TokenizerCheck
     from reformer_tools.vocab import Vocabulary
 
@@ -169,6 +169,148 @@ class ConvertedReport:
         }
 
 
+#: Where the checkpoint's own config can take a value from, for people (config.gin is named by its path).
+_SOURCE_NAMES: Final = {
+    "weights": "the checkpoint's weight shapes",
+    "--set": "--set",
+    "trax": "Trax's ReformerLM (every one is)",
+    "vocabulary": "the vocabulary",
+}
+
+
+def _shown_value(value: Any) -> str:
+    import json
+
+    return json.dumps(list(value) if isinstance(value, tuple) else value, default=str)
+
+
+@dataclass(frozen=True)
+class SourceDifference:
+    """A value the verified config gives otherwise than the checkpoint's own sources resolve it."""
+
+    key: str
+    verified: Any  # the verified config's (the converted model's config.json)
+    own: Any  # what the checkpoint's sources resolve it to (None: they cannot tell)
+    source: str  # of ``own``: weights, config.gin, --set, trax, vocabulary; assumed; unresolved
+    where: str  # ``source`` for people
+    recorded: str | None = None  # the source the converted model's config.json records for the key
+
+    @property
+    def given(self) -> bool:
+        """A source gave the checkpoint's value (not assumed, not unknown): a difference is a failure."""
+        return self.source not in ("assumed", "unresolved")
+
+    def message(self, verified_from: str) -> str:
+        mine = f"{self.key}: {_shown_value(self.verified)} in {verified_from}"
+        if self.given:
+            hint = (
+                f" (it records {self.recorded} as its source: give the same --set to verify that override)"
+                if self.recorded == "--set" and self.source != "--set"
+                else ""
+            )
+            return f"{mine}, {_shown_value(self.own)} from {self.where}{hint}"
+        if self.source == "unresolved":
+            return f"{mine}; the checkpoint's sources do not give it and cannot assume it ({self.where}): not proved"
+        return (
+            f"{mine}; the checkpoint's sources do not give it and would assume {_shown_value(self.own)} "
+            f"({self.where}): not proved"
+        )
+
+    def to_json(self, verified_from: str) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "verified": _shown_jsonable(self.verified),
+            "checkpoint": _shown_jsonable(self.own),
+            "source": self.source,
+            "where": self.where,
+            "recorded_source": self.recorded,
+            "message": self.message(verified_from),
+        }
+
+
+def _shown_jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass
+class SourcesCheck:
+    """The config verified (a converted model's own config.json) against the checkpoint's own sources.
+
+    ``verify CKPT OUT`` without ``--config`` runs the converted model with its config.json; that file says
+    nothing about the checkpoint, so the checkpoint's own config (weights, config.gin, --set, Trax's
+    defaults) is resolved too, and every field that changes shapes or outputs is compared. A difference
+    from a value a source gave is a failure; a value the checkpoint's sources only assume (or cannot tell)
+    is not proved by any check on the weights, and a different one is a warning.
+    """
+
+    verified_from: str
+    own_from: str = ""
+    differences: list[SourceDifference] = field(default_factory=list)
+    #: Values of the verified config the checkpoint's sources do not give (assumed there, or unknown).
+    unconfirmed: dict[str, Any] = field(default_factory=dict)
+    #: Keys whose verified value a checkpoint source gave, alike.
+    confirmed: dict[str, str] = field(default_factory=dict)
+    not_resolved: str | None = None  # why the checkpoint's own config could not be resolved (nothing compared)
+    refused: str | None = None  # the checkpoint's own sources name a layout Hugging Face cannot represent
+
+    @property
+    def conflicts(self) -> list[SourceDifference]:
+        return [d for d in self.differences if d.given]
+
+    @property
+    def warnings(self) -> list[SourceDifference]:
+        return [d for d in self.differences if not d.given]
+
+    @property
+    def ok(self) -> bool:
+        return not self.conflicts and self.refused is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "verified": self.verified_from,
+            "checkpoint": self.own_from,
+            "conflicts": [d.to_json(self.verified_from) for d in self.conflicts],
+            "warnings": [d.to_json(self.verified_from) for d in self.warnings],
+            "unconfirmed": {key: _shown_jsonable(value) for key, value in self.unconfirmed.items()},
+            "not_resolved": self.not_resolved,
+            "refused": self.refused,
+        }
+
+
+def check_against_sources(
+    resolved: ResolvedConfig, own: ResolvedConfig, verified_from: str, recorded: Mapping[str, Any] | None = None
+) -> SourcesCheck:
+    """Every field that changes shapes or outputs, in the verified config against the checkpoint's own.
+
+    ``recorded``: the sources the verified config.json records (``reformer_tools.sources``), for hints.
+    """
+    check = SourcesCheck(verified_from, own.description)
+    recorded = recorded or {}
+    for key in (*SHAPE_FIELDS, *NUMERIC_FIELDS):
+        verified, mine = getattr(resolved.spec, key), getattr(own.spec, key)
+        if key in own.unresolved:
+            source, where = "unresolved", own.unresolved[key]
+        elif key in own.assumed:
+            source, where = "assumed", own.assumed[key].why
+        elif key in own.sources:
+            source = own.sources[key]
+            where = f"{own.gin_path}" if source == "config.gin" else _SOURCE_NAMES.get(source, source)
+        else:
+            continue  # no source, no default: Hugging Face's stands in on both sides (a layer kind not used)
+        difference = SourceDifference(key, verified, mine if source != "unresolved" else None, source, where)
+        if not difference.given:
+            check.unconfirmed[key] = verified
+            if source == "unresolved" or verified != mine:
+                check.differences.append(difference)
+        elif verified != mine:
+            said = recorded.get(key)
+            check.differences.append(replace(difference, recorded=said if isinstance(said, str) else None))
+        else:
+            check.confirmed[key] = source
+    return check
+
+
 @dataclass
 class VerifyReport:
     checkpoint: str
@@ -180,6 +322,8 @@ class VerifyReport:
     numerics_skipped: str | None = None  # why --numerics could not run
     tokenizer: TokenizerCheck | None = None
     tokenizer_skipped: str | None = None  # why the tokenizer was not checked (none written, no vocabulary known)
+    #: The verified config against the checkpoint's own sources, when it is a converted model's config.json.
+    sources: SourcesCheck | None = None
 
     @property
     def failed_audits(self) -> list[ArrayAudit]:
@@ -194,6 +338,7 @@ class VerifyReport:
             and (self.numerics is None or self.numerics.ok)
             and self.numerics_skipped is None
             and (self.tokenizer is None or self.tokenizer.ok)
+            and (self.sources is None or self.sources.ok)
         )
 
     @property
@@ -211,6 +356,10 @@ class VerifyReport:
             (len(self.failed_audits), "unhealthy arrays"),
         )
         failures = [f"{count} {what}" for count, what in counted if count]
+        if self.sources is not None and self.sources.conflicts:
+            failures.append(f"{len(self.sources.conflicts)} config values contradict the checkpoint's own sources")
+        if self.sources is not None and self.sources.refused is not None:
+            failures.append("the checkpoint's own sources describe a model Hugging Face cannot represent")
         if self.converted is not None and not self.converted.ok:
             converted = self.converted
             differ = sum(c.status != "equal" for c in converted.comparisons)
@@ -262,6 +411,7 @@ class VerifyReport:
             "numerics_skipped": self.numerics_skipped,
             "tokenizer": None if self.tokenizer is None else self.tokenizer.to_json(),
             "tokenizer_skipped": self.tokenizer_skipped,
+            "checkpoint_sources": None if self.sources is None else self.sources.to_json(),
         }
 
 
@@ -395,6 +545,43 @@ def verify_checkpoint(
     return report
 
 
+def resolve_own_sources(
+    checkpoint: TraxCheckpoint, resolved: ResolvedConfig, sources: ConfigSources, converted: ConvertedModel
+) -> SourcesCheck:
+    """Resolve the checkpoint's own config from ``sources`` (weights, config.gin, --set, Trax's defaults; its
+    config.json is ignored) and compare ``resolved``, a converted model's config.json, with it.
+
+    Sources that cannot say what the checkpoint is (weightless positions nothing names, an unusable
+    config.gin or vocabulary) leave nothing compared, with the reason; sources naming a layout Hugging Face
+    cannot represent are a failure, since the converted model claims to be one.
+    """
+    from reformer_tools.errors import UnsupportedLayoutError, WeightlessPositionsError
+    from reformer_tools.resolve import PROVENANCE_KEY
+
+    verified_from = resolved.description
+    own_sources = replace(sources, config_path=None)
+    try:
+        try:
+            own = own_sources.resolve(checkpoint, complete=False)
+        except WeightlessPositionsError:
+            if not resolved.spec.sin_cos_positions:
+                raise
+            # The weights cannot tell which weightless encoding Trax used; the converted model says sin-cos
+            # (the only one that converts): take that, and compare everything else.
+            settings = {SIN_COS_KEY: "sin-cos", **own_sources.settings}
+            own = replace(own_sources, settings=settings).resolve(checkpoint, complete=False)
+    except WeightlessPositionsError as error:
+        return SourcesCheck(verified_from, not_resolved=str(error))
+    except UnsupportedLayoutError as error:
+        return SourcesCheck(verified_from, refused=str(error))
+    except (ConfigError, VocabularyError) as error:
+        return SourcesCheck(verified_from, not_resolved=str(error))
+    config = converted.config if isinstance(converted.config, dict) else {}
+    provenance = config.get(PROVENANCE_KEY)
+    recorded = provenance.get("sources") if isinstance(provenance, dict) else None
+    return check_against_sources(resolved, own, verified_from, recorded if isinstance(recorded, dict) else None)
+
+
 def verify_conversion(
     checkpoint: TraxCheckpoint,
     resolved: ResolvedConfig,
@@ -406,10 +593,15 @@ def verify_conversion(
     seed: int | None = None,
     texts: Sequence[str] = (),
     vocabulary: Vocabulary | None = None,
+    own_sources: ConfigSources | None = None,
 ) -> VerifyReport:
     """Everything ``verify`` checks: shapes and arrays; a converted output value by value, its config and
     (for a directory) its tokenizer on built-in sample texts and ``texts``; with ``numerics``, the
-    forward pass against the NumPy reference of Trax."""
+    forward pass against the NumPy reference of Trax.
+
+    ``own_sources``: when ``resolved`` is the converted model's own config.json, the checkpoint's sources,
+    resolved and compared with it (:func:`resolve_own_sources`).
+    """
     float32_leaves: list[npt.NDArray[np.float32]] = []
     report = verify_checkpoint(
         checkpoint,
@@ -417,6 +609,8 @@ def verify_conversion(
         converted,
         on_array=(lambda leaf, array: float32_leaves.append(as_float32(array, leaf.dtype))) if numerics else None,
     )
+    if own_sources is not None and converted is not None:
+        report.sources = resolve_own_sources(checkpoint, resolved, own_sources, converted)
     if numerics:
         verify_numerics(report, float32_leaves, converted, input_ids, atol=atol, seed=seed)
     if converted is not None and converted.path.is_dir():
@@ -533,9 +727,30 @@ def verify_numerics(
         input_ids,
         atol=atol,
         seed=seed,
-        assumed=report.resolved.assumed_values,
+        assumed=_not_proved(report),
         leaf_dtypes=leaf_dtypes,
+        sources=_sources(report),
     )
+
+
+def _not_proved(report: VerifyReport) -> dict[str, Any]:
+    """The config values no source of the checkpoint gives: no check on the weights proves them."""
+    assumed = report.resolved.assumed_values
+    check = report.sources
+    if check is None or check.not_resolved is not None or check.refused is not None:
+        return assumed
+    # Compared with the checkpoint's own sources: what they give is shown, whatever the output's record
+    # says; what they only assume (or cannot tell) is not, whatever the output's config.json claims.
+    return {k: v for k, v in assumed.items() if k not in check.confirmed} | check.unconfirmed
+
+
+def _sources(report: VerifyReport) -> dict[str, str]:
+    """Where each value of the verified config came from, as far as the checkpoint's sources confirm it."""
+    sources: dict[str, str] = dict(report.resolved.sources)
+    if report.sources is not None:
+        sources |= report.sources.confirmed
+        sources |= {d.key: "contradicted" for d in report.sources.conflicts}  # said as a failure already
+    return sources
 
 
 #: A text file given with --text: its lines, and the whole file as one text. Real samples are small.

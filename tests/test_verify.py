@@ -80,10 +80,14 @@ def test_converted_config_must_agree_with_the_verified_config(converted: Path, t
     assert report["converted"]["config_differences"] == [
         "layer_norm_eps: 1e-12 in the output, 1e-06 in the verified config"
     ]
-    # without --config the directory's own config.json is the one verified against
+    # without --config the directory's own config.json is the one verified against, and against the
+    # checkpoint's own sources: no config.gin here, so 1e-6 was only assumed and 1e-12 is a warning
     code, report = verify_json(LOCAL / "model.pkl", converted)
     assert code == 0
     assert report["config_source"].endswith("config.json")
+    assert report["checkpoint_sources"]["conflicts"] == []
+    warnings = {w["key"]: (w["verified"], w["checkpoint"]) for w in report["checkpoint_sources"]["warnings"]}
+    assert warnings["layer_norm_eps"] == (1e-12, 1e-6)
 
 
 def test_converted_config_that_contradicts_its_tensors(converted: Path) -> None:

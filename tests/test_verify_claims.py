@@ -177,3 +177,99 @@ def test_every_tensor_cast_alike_must_match_torch_dtype(output: Path) -> None:
     assert report["converted"]["declared_dtype"] == "float16"
     result = invoke(["verify", ZEN, output])
     assert "32 of 32 tensors equal (32 after a cast to float16, as the output declares)" in result.stdout
+
+
+# ------------------------------------------------------------------ #8: the output's config.json against the checkpoint
+
+
+def test_an_output_config_that_contradicts_config_gin_fails(output: Path) -> None:
+    # config.gin beside the checkpoint binds relu and 1e-6; the edited output says gelu and 1e-12 (and still
+    # records config.gin as their source). Both sides of --numerics run with the output's values and agree.
+    edit_config(output, lambda config: config.update(hidden_act="gelu", layer_norm_eps=1e-12))
+    code, report = verify_json(ZEN, output, "--numerics")
+    assert code == 1
+    sources = report["checkpoint_sources"]
+    assert sources["ok"] is False
+    gin = str(ZEN.parent / "config.gin")
+    assert [(c["key"], c["verified"], c["checkpoint"], c["source"], c["where"]) for c in sources["conflicts"]] == [
+        ("hidden_act", "gelu", "relu", "config.gin", gin),
+        ("layer_norm_eps", 1e-12, 1e-6, "config.gin", gin),
+    ]
+    assert sources["conflicts"][0]["message"] == f'hidden_act: "gelu" in {output}/config.json, "relu" from {gin}'
+    assert report["numerics"]["ok"] is True
+    assert not any("unless config.gin binds" in note for note in report["numerics"]["notes"])
+    result = invoke(["verify", ZEN, output])
+    assert result.exit_code == 1
+    assert f'config hidden_act: "gelu" in {output}/config.json, "relu" from {gin}' in result.stdout
+    assert "failed: 2 config values contradict the checkpoint's own sources" in result.stdout
+
+
+def test_an_output_value_the_checkpoint_only_assumes_is_a_warning_and_not_proved(output: Path, tmp_path: Path) -> None:
+    # Without config.gin, the checkpoint's sources give no activation: Trax's default (FastGelu) would be
+    # assumed, the output says relu. That is no failure, but it is not proved either.
+    checkpoint = tmp_path / "alone" / ZEN.name
+    checkpoint.parent.mkdir()
+    shutil.copy(ZEN, checkpoint)
+    code, report = verify_json(checkpoint, output, "--numerics")
+    assert code == 0, report
+    warnings = {w["key"]: w for w in report["checkpoint_sources"]["warnings"]}
+    assert set(warnings) == {"hidden_act", "local_attn_chunk_length", "local_num_chunks_before"}
+    hidden_act = warnings["hidden_act"]
+    assert (hidden_act["verified"], hidden_act["checkpoint"], hidden_act["source"]) == ("relu", "gelu_fast", "assumed")
+    assert hidden_act["message"].startswith(
+        f'hidden_act: "relu" in {output}/config.json; the checkpoint\'s sources do not give it and would assume '
+        '"gelu_fast" ('
+    )
+    assert hidden_act["message"].endswith("): not proved")
+    numerics = report["numerics"]
+    # the output records nothing as assumed, yet nothing of the checkpoint gives these: not proved
+    assert numerics["assumed"] == {
+        "hidden_act": "relu",
+        "layer_norm_eps": 1e-6,
+        "local_attn_chunk_length": 64,
+        "local_num_chunks_before": 1,
+        "local_num_chunks_after": 0,
+    }
+    assert "values no source of the checkpoint gives (hidden_act, layer_norm_eps" in numerics["proved"]
+    # with the checkpoint's own config.gin, the same output is proved as it is
+    code, report = verify_json(ZEN, output, "--numerics")
+    assert code == 0, report
+    assert report["checkpoint_sources"]["warnings"] == report["checkpoint_sources"]["conflicts"] == []
+    assert report["numerics"]["assumed"] == {}
+    assert "not proved" not in report["numerics"]["proved"]
+
+
+def test_a_set_override_at_conversion_must_be_given_again(tmp_path: Path) -> None:
+    out = tmp_path / "gelu"
+    assert invoke(["convert", ZEN, "-o", out, "-q", "--set", "hidden_act=gelu"]).exit_code == 0
+    code, report = verify_json(ZEN, out)
+    assert code == 1
+    (conflict,) = report["checkpoint_sources"]["conflicts"]
+    assert conflict["recorded_source"] == "--set"
+    assert conflict["message"].endswith("(it records --set as its source: give the same --set to verify that override)")
+    code, report = verify_json(ZEN, out, "--set", "hidden_act=gelu")
+    assert code == 0, report
+    assert report["checkpoint_sources"]["conflicts"] == []
+
+
+def test_with_config_or_without_an_output_config_nothing_more_is_compared(output: Path) -> None:
+    edit_config(output, lambda config: config.update(hidden_act="gelu"))
+    # --config says what the model is: verified against it as given
+    _, report = verify_json(ZEN, output, "--config", output / "config.json")
+    assert report["checkpoint_sources"] is None
+    _, report = verify_json(ZEN)
+    assert report["checkpoint_sources"] is None
+
+
+def test_weightless_positions_are_taken_as_the_output_says_and_the_rest_compared(tmp_path: Path) -> None:
+    sincos = Path(__file__).parent / "fixtures" / "trax_defaults" / "lm_sincos" / "layer_save_to_file" / "model.pkl.gz"
+    out = tmp_path / "sincos"
+    assert invoke(["convert", sincos, "-o", out, "-q", "--set", "trax_pos_type=sin-cos"]).exit_code == 0
+    edit_config(out, lambda config: config.update(hidden_act="relu"))
+    code, report = verify_json(sincos, out)
+    assert code == 0, report
+    sources = report["checkpoint_sources"]
+    assert sources["not_resolved"] is None
+    assert [(w["key"], w["verified"], w["checkpoint"]) for w in sources["warnings"]] == [
+        ("hidden_act", "relu", "gelu_fast")
+    ]

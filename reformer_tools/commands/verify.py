@@ -89,10 +89,13 @@ def verify(
     texts = read_texts(text_file) if text_file is not None else []
     checkpoint = load(common, common.checkpoint)
     output = open_converted(converted) if converted is not None else None
+    own_sources = None
     if common.config_path is None and output is not None and output.config is not None:
-        # The converted model runs with its own config.json: verify against exactly that.
+        # The converted model runs with its own config.json: verify against exactly that, and that against
+        # what the checkpoint's own sources (weights, config.gin, --set, Trax's defaults) say.
         from dataclasses import replace
 
+        own_sources = common.sources()
         common = replace(common, config_path=output.path / "config.json")
     resolved = resolve(common, checkpoint, complete=numerics)
     assert resolved is not None
@@ -108,6 +111,7 @@ def verify(
         seed=seed,
         texts=texts,
         vocabulary=resolved.vocabulary.vocabulary if resolved.vocabulary is not None else None,
+        own_sources=own_sources,
     )
     if common.as_json:
         from reformer_tools._console import emit_json
@@ -152,6 +156,7 @@ def _render(report: VerifyReport) -> None:
     alignment = report.alignment
     out.print(f"[bold]{sanitize(report.checkpoint)}[/] against {sanitize(report.config_source)}")
     render_problems(alignment)
+    _render_sources(report)
     _render_audits(report)
     if report.converted is not None:
         _render_converted(report)
@@ -167,6 +172,25 @@ def _render(report: VerifyReport) -> None:
         out.print(f"[bold green]ok[/]: {checks}")
     else:
         out.print(f"[bold red]failed[/]: {sanitize(', '.join(report.failures()))}")
+
+
+def _render_sources(report: VerifyReport) -> None:
+    from reformer_tools._console import out, sanitize
+
+    check = report.sources
+    if check is None:
+        return
+    if check.refused is not None:
+        out.print(f"  [red]config[/] the checkpoint's own sources: {sanitize(check.refused)}")
+    elif check.not_resolved is not None:
+        out.print(
+            f"  note: the checkpoint's own config could not be resolved ({sanitize(check.not_resolved)}); "
+            f"{sanitize(check.verified_from)} was verified as it is"
+        )
+    for difference in check.conflicts:
+        out.print(f"  [red]config[/] {sanitize(difference.message(check.verified_from))}")
+    for difference in check.warnings:
+        out.print(f"  [yellow]warning[/]: {sanitize(difference.message(check.verified_from))}")
 
 
 def _render_audits(report: VerifyReport) -> None:
