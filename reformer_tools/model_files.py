@@ -202,9 +202,14 @@ def model_card(
             )
         if verification.tokenizer is not None:
             t = verification.tokenizer
-            lines.append(
+            line = (
                 f"- Tokenizer: {t['ids_equal']} of {t['texts']} texts give Trax's ids, {t['decodings_equal']} decode "
-                "as Trax decodes."
+                "as Trax decodes"
             )
+            if t.get("documented"):
+                line += f"; {t['documented']} differ exactly as a documented divergence predicts"
+            if t.get("not_compared"):
+                line += f"; {t['not_compared']} not compared (a documented divergence with no exact prediction)"
+            lines.append(line + ".")
     lines += ["", f"Converted with reformer-tools {__version__}.", ""]
     return "\n".join(lines).encode("utf-8", errors="backslashreplace")

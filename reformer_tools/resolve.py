@@ -209,7 +209,7 @@ def resolve_config(
         description = str(config_path)
         builder.take_config_json(read_config_json(config_path))
         if checkpoint is not None:
-            builder.check_config_against_gin(find_gin(checkpoint, gin_path), found=gin_path is None)
+            builder.check_config_against_gin(config_path, find_gin(checkpoint, gin_path), found=gin_path is None)
     else:
         assert checkpoint is not None
         gin_file = find_gin(checkpoint, gin_path)
@@ -351,7 +351,7 @@ class _Builder:
                             self.values[key], str(reason or "assumed when this config.json was written")
                         )
 
-    def check_config_against_gin(self, gin_file: Path | None, *, found: bool) -> None:
+    def check_config_against_gin(self, config_path: Path, gin_file: Path | None, *, found: bool) -> None:
         """With --config, config.gin (--gin, or the one beside the checkpoint) still names the vocabulary, and
         where it binds a value the config.json contradicts, that is said (the config.json is used)."""
         if gin_file is None:
@@ -361,19 +361,19 @@ class _Builder:
         except ConfigError as error:
             if not found:
                 raise
-            self.notes.append(f"{error}; not read, since --config gives the model's settings")
+            self.notes.append(f"{error}; not read, since {config_path} gives the model's settings")
             return
         self.gin = gin
         for reason in gin.unrepresentable:
-            self.warnings.append(f"{gin_file}: {reason}; --config describes a model without it")
+            self.warnings.append(f"{gin_file}: {reason}; {config_path} describes a model without it")
         for key, value in sorted(gin.overrides.items()):
             given = self.values.get(key)
             if value is WHOLE_SEQUENCE or self.sources.get(key) != "config.json" or _jsonable(given) == value:
                 continue
             self.warnings.append(
                 f"{gin_file} says {key}={json.dumps(value, default=str)}; "
-                f"--config says {json.dumps(_jsonable(given), default=str)}; "
-                "using --config: if config.gin is the model's, the converted model computes something else"
+                f"{config_path} says {json.dumps(_jsonable(given), default=str)}; "
+                f"using {config_path}: if config.gin is the model's, the model computes something else"
             )
 
     def take_weights_and_gin(self, checkpoint: TraxCheckpoint, gin_file: Path | None, *, found: bool) -> None:

@@ -120,11 +120,8 @@ def known_divergences(vocab: Vocabulary) -> tuple[str, ...]:
         )
         sp = vocab.sentencepiece
         if sp is not None:
-            singles = {p for p, kind in zip(sp.pieces, sp.kinds, strict=True) if kind == SP_NORMAL and len(p) == 1}
-            reachable = [
-                p for p, kind in zip(sp.pieces, sp.kinds, strict=True) if kind == SP_CONTROL and set(p) - singles
-            ]
-            if reachable and sp.model_type == "unigram":
+            reachable = _reachable_control_pieces(vocab)
+            if reachable:
                 out.append(
                     f"text containing a control piece's own text ({', '.join(reachable)}) is encoded as that piece "
                     "(a character of it has no piece, and the unknown path scores lower); SentencePiece never "
@@ -167,6 +164,16 @@ def subword_oov_escape(vocab: Vocabulary) -> Callable[[str], str]:
     return escape
 
 
+def _reachable_control_pieces(vocab: Vocabulary) -> list[str]:
+    """Control pieces of a unigram SentencePiece model whose text the tokenizer can match (one of their
+    characters has no piece of its own, so the unknown path scores lower than the piece)."""
+    sp = vocab.sentencepiece
+    if sp is None or sp.model_type != "unigram":
+        return []
+    singles = {p for p, kind in zip(sp.pieces, sp.kinds, strict=True) if kind == SP_NORMAL and len(p) == 1}
+    return [p for p, kind in zip(sp.pieces, sp.kinds, strict=True) if kind == SP_CONTROL and set(p) - singles]
+
+
 def text_divergence(vocab: Vocabulary, text: str) -> str | None:
     """Why ``text`` may encode differently from Trax with this vocabulary, or None if it cannot."""
     if vocab.type == "subword":
@@ -174,6 +181,10 @@ def text_divergence(vocab: Vocabulary, text: str) -> str | None:
         outside = sorted({c for c in text if c not in alphabet and c != "\n"})
         if outside:
             return f"{len(outside)} characters outside the alphabet: {''.join(outside[:10])!r}"
+    elif vocab.type == "sentencepiece":
+        held = [piece for piece in _reachable_control_pieces(vocab) if piece in text]
+        if held:
+            return f"it holds the text of the control pieces {', '.join(held)}"
     return None
 
 

@@ -377,8 +377,9 @@ def test_with_config_the_gin_still_names_the_vocabulary_and_witnesses_contradict
     args = ["convert", ZEN / "model.pkl.gz", "--config", tmp_path / "edited.json", "-o", tmp_path / "b", "-q"]
     result = invoke([*args, "--json"])
     assert result.exit_code == 0, result.stderr
-    assert 'config.gin says hidden_act="relu"; --config says "gelu"' in result.stderr
-    assert "config.gin says layer_norm_eps=1e-06; --config says 1e-12" in result.stderr
+    edited = tmp_path / "edited.json"
+    assert f'config.gin says hidden_act="relu"; {edited} says "gelu"' in result.stderr
+    assert f"config.gin says layer_norm_eps=1e-06; {edited} says 1e-12" in result.stderr
     assert len(json.loads(result.stdout)["warnings"]) == 2
     written = json.loads((tmp_path / "b" / "config.json").read_text())
     assert (written["hidden_act"], written["layer_norm_eps"]) == ("gelu", 1e-12)

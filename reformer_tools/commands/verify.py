@@ -274,6 +274,11 @@ def _render_tokenizer(report: VerifyReport) -> None:
         f"tokenizer ({check.vocab_type}) {verdict}: {check.ids_equal} of {check.texts} texts give Trax's ids, "
         f"{check.decodings_equal} decode as Trax decodes"
     )
+    if check.not_compared:
+        out.print(
+            f"  {check.not_compared} texts not compared: they differ where a documented divergence of this "
+            f"vocabulary has no exact prediction ({sanitize(check.not_compared_reason or '')})"
+        )
     if check.documented:
         out.print(
             f"  {check.documented} texts differ as documented for this vocabulary "
