@@ -188,3 +188,10 @@ def test_numerics_are_skipped_with_a_reason_when_shapes_disagree(tmp_path: Path)
     assert code == 1
     assert report["numerics"] is None
     assert "does not match the config" in report["numerics_skipped"]
+
+
+def test_numerics_options_without_numerics_are_a_usage_error() -> None:
+    for option in (["--atol", "0"], ["--seed", "0"]):
+        result = invoke(["verify", LOCAL / "model.pkl", "--config", LOCAL / "config.json", *option])
+        assert result.exit_code == 2
+        assert f"{option[0]} only apply to --numerics" in result.stderr

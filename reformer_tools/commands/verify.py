@@ -83,6 +83,11 @@ def verify(
     from reformer_tools.verification import read_texts, verify_conversion
 
     assert common.checkpoint is not None
+    needs_numerics = [
+        name for name, value in (("--atol", atol), ("--input-ids", input_ids), ("--seed", seed)) if value is not None
+    ]
+    if needs_numerics and not numerics:
+        raise UsageError(f"{', '.join(needs_numerics)} only apply to --numerics: add --numerics or leave them out")
     if text_file is not None and (converted is None or not converted.is_dir()):
         raise UsageError("--text checks a converted model directory's tokenizer: give CONVERTED, a directory")
     ids = _read_input_ids(input_ids) if input_ids is not None else None
