@@ -177,7 +177,8 @@ def is_allowed(module: str, name: str) -> bool:
 # ------------------------------------------------------------------ argument checks
 
 
-def _check(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
+    """A malformed pickle (exit 3) unless ``condition`` holds."""
     if not condition:
         raise CorruptPickle(message)
 
@@ -207,9 +208,9 @@ def _is_one_of(value: Any, *choices: str | bytes) -> bool:
 
 
 def _as_shape(value: Any, what: str) -> tuple[int, ...]:
-    _check(type(value) is tuple, f"{what}: shape is not a tuple")
-    _check(len(value) <= MAX_NDIM, f"{what}: more than {MAX_NDIM} dimensions")
-    _check(all(_is_int(d) and d >= 0 for d in value), f"{what}: shape has a non-integer or negative size")
+    require(type(value) is tuple, f"{what}: shape is not a tuple")
+    require(len(value) <= MAX_NDIM, f"{what}: more than {MAX_NDIM} dimensions")
+    require(all(_is_int(d) and d >= 0 for d in value), f"{what}: shape has a non-integer or negative size")
     return tuple(value)
 
 
@@ -250,7 +251,7 @@ def _make_array(
     check_shape(shape, storage.itemsize, what)
     expected = math.prod(shape) * storage.itemsize
     actual = raw.nbytes if isinstance(raw, np.ndarray | SkippedPayload) else len(raw)
-    _check(
+    require(
         actual == expected, f"{what}: shape {printable(str(shape), 120)} needs {expected} bytes, the data has {actual}"
     )
     if isinstance(raw, SkippedPayload):
@@ -269,14 +270,14 @@ def _make_array(
 
 def _build_ndarray(state: Any, what: str = "numpy array") -> np.ndarray[Any, Any] | BFloat16Array:
     """Apply ``ndarray.__setstate__``'s state, validated, without numpy's setstate."""
-    _check(type(state) is tuple and len(state) in (4, 5), f"{what}: malformed array state")
+    require(type(state) is tuple and len(state) in (4, 5), f"{what}: malformed array state")
     if len(state) == 5:
-        _check(_is_int(state[0]), f"{what}: malformed array state version")
+        require(_is_int(state[0]), f"{what}: malformed array state version")
         state = state[1:]
     shape_value, dtype_value, fortran, data = state
     shape = _as_shape(shape_value, what)
     dtype = _as_dtype(dtype_value, what)
-    _check(type(fortran) in (bool, int), f"{what}: malformed order flag")
+    require(type(fortran) in (bool, int), f"{what}: malformed order flag")
     return _make_array(data, dtype, shape, bool(fortran), what)
 
 
@@ -295,13 +296,13 @@ class _PendingDType(Pending):
 
     def finish(self, state: Any) -> Any:
         # (version, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata])
-        _check(type(state) is tuple and len(state) in (8, 9), "numpy dtype: malformed state")
+        require(type(state) is tuple and len(state) in (8, 9), "numpy dtype: malformed state")
         order, subarray, names, fields = state[1:5]
         if subarray is not None or names is not None or fields is not None:
             raise RefusedPickle("numpy dtype: structured dtypes are refused")
-        _check(_is_one_of(order, "<", ">", "|", "="), "numpy dtype: malformed byte order")
+        require(_is_one_of(order, "<", ">", "|", "="), "numpy dtype: malformed byte order")
         if isinstance(self.dtype, _BFloat16DType):
-            _check(_is_one_of(order, "<", "|", "="), "bfloat16 dtype: only little-endian is supported")
+            require(_is_one_of(order, "<", "|", "="), "bfloat16 dtype: only little-endian is supported")
             return self.dtype
         return self.dtype.newbyteorder(order) if order in "<>" else self.dtype
 
@@ -312,9 +313,9 @@ class _PendingHistory(Pending):
     def finish(self, state: Any) -> Any:
         if type(state) is tuple and len(state) == 2:  # (dict state, slot state)
             state = state[0]
-        _check(type(state) is dict, "trax History: malformed state")
+        require(type(state) is dict, "trax History: malformed state")
         values = state.get("_values", {})
-        _check(type(values) is dict, "trax History: malformed values")
+        require(type(values) is dict, "trax History: malformed values")
         return TraxHistory(values)
 
 
@@ -324,11 +325,11 @@ class _PendingShapeDtype(Pending):
     def finish(self, state: Any) -> Any:
         if type(state) is tuple and len(state) == 2:
             state = state[1] if state[1] is not None else state[0]
-        _check(type(state) is dict, "trax ShapeDtype: malformed state")
+        require(type(state) is dict, "trax ShapeDtype: malformed state")
         shape = state.get("shape", ())
         # A shape is a few sizes: anything else (a tuple nested 200,000 deep, or shared
         # 2**60 ways) would only cost time and stack when shown.
-        _check(
+        require(
             type(shape) in (tuple, list)
             and len(shape) <= _MAX_SHAPE_DTYPE_DIMS
             and all(_is_int(d) or d is None for d in shape),
@@ -338,12 +339,12 @@ class _PendingShapeDtype(Pending):
 
 
 def _reduce_reconstruct(args: tuple[Any, ...]) -> _PendingArray:
-    _check(len(args) == 3, "numpy _reconstruct: wrong number of arguments")
+    require(len(args) == 3, "numpy _reconstruct: wrong number of arguments")
     subtype, shape, code = args
     if not (isinstance(subtype, Global) and subtype.name == "ndarray"):
         raise RefusedPickle(f"numpy _reconstruct: refuses array subtype {type_name(subtype)}")
     # Type checks before comparing: the arguments may be arrays (see _is_one_of).
-    _check(
+    require(
         type(shape) is tuple
         and len(shape) == 1
         and _is_int(shape[0])
@@ -355,15 +356,15 @@ def _reduce_reconstruct(args: tuple[Any, ...]) -> _PendingArray:
 
 
 def _reduce_frombuffer(args: tuple[Any, ...]) -> Any:
-    _check(len(args) == 4, "numpy _frombuffer: wrong number of arguments")
+    require(len(args) == 4, "numpy _frombuffer: wrong number of arguments")
     buffer, dtype, shape, order = args
-    _check(_is_one_of(order, "C", "F"), "numpy _frombuffer: malformed order")
+    require(_is_one_of(order, "C", "F"), "numpy _frombuffer: malformed order")
     what = "numpy array"
     return _make_array(buffer, _as_dtype(dtype, what), _as_shape(shape, what), order == "F", what)
 
 
 def _reduce_scalar(args: tuple[Any, ...]) -> Any:
-    _check(len(args) in (1, 2), "numpy scalar: wrong number of arguments")
+    require(len(args) in (1, 2), "numpy scalar: wrong number of arguments")
     dtype = _as_dtype(args[0], "numpy scalar")
     if len(args) == 1:
         raise RefusedPickle("numpy scalar: object scalars are refused")
@@ -372,7 +373,7 @@ def _reduce_scalar(args: tuple[Any, ...]) -> Any:
 
 
 def _reduce_dtype(args: tuple[Any, ...]) -> _PendingDType:
-    _check(1 <= len(args) <= 3, "numpy dtype: wrong number of arguments")
+    require(1 <= len(args) <= 3, "numpy dtype: wrong number of arguments")
     spec = args[0]
     if isinstance(spec, Global) and (spec.module, spec.name) == ("ml_dtypes", "bfloat16"):
         return _PendingDType(BFLOAT16_DTYPE)
@@ -385,17 +386,17 @@ def _reduce_dtype(args: tuple[Any, ...]) -> _PendingDType:
 def _reduce_jax_array(args: tuple[Any, ...]) -> Any:
     # jax's rebuilders are (fun, args, arr_state[, aval_state]) with fun(*args)
     # numpy's _reconstruct; rebuild the numpy array and drop the jax wrapper.
-    _check(len(args) in (3, 4), "jax array: wrong number of arguments")
+    require(len(args) in (3, 4), "jax array: wrong number of arguments")
     fun, fun_args, arr_state = args[:3]
     if not (isinstance(fun, Global) and fun.name == "_reconstruct" and fun.module.startswith(_NUMPY_CORE)):
         raise RefusedPickle(f"jax array: refuses rebuilder {type_name(fun)}")
-    _check(type(fun_args) is tuple, "jax array: malformed arguments")
+    require(type(fun_args) is tuple, "jax array: malformed arguments")
     _reduce_reconstruct(fun_args)
     return _build_ndarray(arr_state, "jax array")
 
 
 def _reduce_encode(args: tuple[Any, ...]) -> bytes | npt.NDArray[np.uint8] | SkippedPayload:
-    _check(len(args) in (1, 2) and type(args[0]) in (str, LargeText), "_codecs.encode: malformed arguments")
+    require(len(args) in (1, 2) and type(args[0]) in (str, LargeText), "_codecs.encode: malformed arguments")
     encoding = args[1] if len(args) == 2 else "utf-8"
     if not _is_one_of(encoding, "latin1", "latin-1"):
         shown_encoding = shown(encoding, 60) if type(encoding) in (str, bytes) else type_name(encoding)
@@ -404,7 +405,7 @@ def _reduce_encode(args: tuple[Any, ...]) -> bytes | npt.NDArray[np.uint8] | Ski
 
 
 def _reduce_ordered_dict(args: tuple[Any, ...]) -> dict[Any, Any]:
-    _check(
+    require(
         len(args) == 0 or (len(args) == 1 and type(args[0]) in (list, tuple) and not args[0]),
         "OrderedDict: unexpected arguments",
     )
@@ -412,12 +413,12 @@ def _reduce_ordered_dict(args: tuple[Any, ...]) -> dict[Any, Any]:
 
 
 def _reduce_empty_bytes(args: tuple[Any, ...]) -> bytes:
-    _check(not args, "bytes: only bytes() with no arguments (empty bytes) is rebuilt")
+    require(not args, "bytes: only bytes() with no arguments (empty bytes) is rebuilt")
     return b""
 
 
 def _reduce_defaultdict(args: tuple[Any, ...]) -> dict[Any, Any]:
-    _check(len(args) <= 1, "defaultdict: unexpected arguments")
+    require(len(args) <= 1, "defaultdict: unexpected arguments")
     factory = args[0] if args else None
     if factory is not None and not (isinstance(factory, Global) and (factory.module, factory.name) in _FACTORIES):
         raise RefusedPickle(f"defaultdict: refuses factory {type_name(factory)}")

@@ -348,6 +348,7 @@ def _flatten_weights(tree: Any, root: str, *, limit: int | None = None) -> tuple
     leaves: list[Leaf] = []
     nodes = MAX_TREE_NODES  # a tree that shares itself exponentially stops here
     chars = MAX_PATH_CHARS
+    converted: dict[int, tuple[Array, str]] = {}
     # The containers from the root down to the current node: (its children, its path piece, path length so far).
     frames: list[tuple[Iterator[tuple[Any, Any]], str, int, bool]] = []
     node, piece, length = tree, root, len(root)
@@ -357,9 +358,7 @@ def _flatten_weights(tree: Any, root: str, *, limit: int | None = None) -> tuple
             raise UnreadableCheckpointError("the weights tree is too large or refers to itself")
         if len(frames) > MAX_TREE_DEPTH:
             raise UnreadableCheckpointError(f"the weights tree is nested deeper than {MAX_TREE_DEPTH} levels")
-        if _is_bfloat16_pair(node):
-            node = BFloat16Array(node[0])
-        if isinstance(node, list | tuple):
+        if isinstance(node, list | tuple) and not _is_bfloat16_pair(node):
             frames.append((iter(enumerate(node)), piece, length, False))
         elif isinstance(node, dict):
             frames.append((iter(node.items()), piece, length, True))
@@ -370,7 +369,13 @@ def _flatten_weights(tree: Any, root: str, *, limit: int | None = None) -> tuple
             if chars < 0:
                 raise UnreadableCheckpointError("the weights tree is too large or refers to itself (its paths)")
             path = "".join(frame[1] for frame in frames) + piece
-            array, dtype = _leaf_array(node, path)
+            # An array the tree refers to many times is checked and byte-swapped once, not once per
+            # reference: a small file repeating one big-endian array must not cost a copy per repeat.
+            # The tree keeps every node alive during the walk, so ids stay unique.
+            known = converted.get(id(node))
+            if known is None:
+                known = converted[id(node)] = _leaf_array(node, path)
+            array, dtype = known
             leaves.append(Leaf(len(arrays), path, tuple(array.shape), dtype))
             arrays.append(array)
         # The next node: the next child of the innermost container that has one left.
@@ -402,6 +407,8 @@ def _is_bfloat16_pair(node: Any) -> bool:
 
 
 def _leaf_array(node: Any, path: str) -> tuple[Array, str]:
+    if _is_bfloat16_pair(node):
+        node = BFloat16Array(node[0])
     if isinstance(node, BFloat16Array):
         require_weight_shape(node.shape, path)
         return node.bits, "bfloat16"

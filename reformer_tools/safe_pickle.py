@@ -26,6 +26,7 @@ from reformer_tools.allowlist import (
     Pending,
     RefusedPickle,
     SkippedPayload,
+    require,
     type_name,
 )
 from reformer_tools.dtypes import WEIGHT_DTYPES, logical_name
@@ -79,33 +80,34 @@ class ByteSource(Protocol):
 
 # ------------------------------------------------------------------ garbage collection
 
-_gc_lock = threading.Lock()
-_gc_pauses = 0
-
 
 class _PausedCollector:
     """The cyclic garbage collector, paused while a pickle loads.
 
     A load allocates up to millions of containers and frees none of them: every
     collection would scan them all again for nothing (5 million EMPTY_DICTs took
-    20 s with it, 2 s without). Nested and concurrent loads share one pause.
+    20 s with it, 2 s without). Nested and concurrent loads share one pause: the
+    collector is restored, as it was before the first, when the last one ends,
+    whichever order they end in.
     """
 
+    _lock = threading.Lock()
+    _pauses = 0
+    _was_enabled = False
+
     def __enter__(self) -> None:
-        global _gc_pauses
-        with _gc_lock:
-            if _gc_pauses == 0:
-                self._was_enabled = gc.isenabled()
+        cls = type(self)
+        with cls._lock:
+            if cls._pauses == 0:
+                cls._was_enabled = gc.isenabled()
                 gc.disable()
-            else:
-                self._was_enabled = False
-            _gc_pauses += 1
+            cls._pauses += 1
 
     def __exit__(self, *exc: object) -> None:
-        global _gc_pauses
-        with _gc_lock:
-            _gc_pauses -= 1
-            if self._was_enabled:
+        cls = type(self)
+        with cls._lock:
+            cls._pauses -= 1
+            if cls._pauses == 0 and cls._was_enabled:
                 gc.enable()
 
 
@@ -271,7 +273,7 @@ class Machine:
 
     def _read_line(self) -> bytes:
         line = self._source.readline(_MAX_LINE)
-        _check(line.endswith(b"\n"), "pickle text line is unterminated or too long")
+        require(line.endswith(b"\n"), "pickle text line is unterminated or too long")
         return line[:-1]
 
     def _read_decimal(self) -> int:
@@ -329,7 +331,7 @@ class Machine:
 
     def _op_proto(self) -> None:
         version = self._source.read_exact(1)[0]
-        _check(version <= 5, f"unsupported pickle protocol {version}")
+        require(version <= 5, f"unsupported pickle protocol {version}")
 
     def _refuse(self, name: str) -> None:
         raise RefusedPickle(f"pickle opcode {name} is refused")
@@ -351,7 +353,7 @@ class Machine:
 
     def _op_long_n(self, length: Callable[[], int]) -> None:
         n = length()
-        _check(0 <= n <= _MAX_LONG_BYTES, "LONG is too long")
+        require(0 <= n <= _MAX_LONG_BYTES, "LONG is too long")
         self._push(int.from_bytes(self._source.read_exact(n), "little", signed=True))
 
     def _op_float(self) -> None:
@@ -367,7 +369,7 @@ class Machine:
 
     def _op_string(self) -> None:
         line = self._read_line()
-        _check(len(line) >= 2 and line[0] == line[-1] and line[:1] in (b"'", b'"'), "malformed STRING")
+        require(len(line) >= 2 and line[0] == line[-1] and line[:1] in (b"'", b'"'), "malformed STRING")
         try:
             self._push_small_text(codecs.escape_decode(line[1:-1])[0].decode("latin-1"))
         except ValueError:
@@ -381,7 +383,7 @@ class Machine:
 
     def _op_text(self, length: Callable[[], int], encoding: str) -> None:
         n = length()
-        _check(n >= 0, "negative string length")
+        require(n >= 0, "negative string length")
         if n >= LARGE_TEXT:
             self._push(self._large_text(n, encoding))
             return
@@ -431,7 +433,7 @@ class Machine:
 
     def _op_bytes(self, length: Callable[[], int], kind: type[bytes] | type[bytearray]) -> None:
         n = length()
-        _check(n >= 0, "negative length")
+        require(n >= 0, "negative length")
         if n >= LARGE:
             self._push(self._source.read_payload(n))
         else:
@@ -451,7 +453,7 @@ class Machine:
         target = self._top()
         if type(target) is not list:
             raise CorruptPickle(f"APPEND to {type_name(target)}")
-        _check(len(target) + len(items) <= _MAX_CONTAINER_ITEMS, "list is too long")
+        require(len(target) + len(items) <= _MAX_CONTAINER_ITEMS, "list is too long")
         _check_values(items)
         target.extend(items)
 
@@ -466,7 +468,7 @@ class Machine:
         self._push(tuple(items))
 
     def _op_tuple_n(self, n: int) -> None:
-        _check(len(self._stack) >= n, "pickle stack underflow")
+        require(len(self._stack) >= n, "pickle stack underflow")
         items = self._stack[-n:]
         _check_values(items)
         del self._stack[-n:]
@@ -487,9 +489,9 @@ class Machine:
     def _fill_dict(self, target: Any, items: list[Any]) -> dict[Any, Any]:
         if type(target) is not dict:
             raise CorruptPickle(f"SETITEM on {type_name(target)}")
-        _check(len(items) % 2 == 0, "odd number of dict items")
+        require(len(items) % 2 == 0, "odd number of dict items")
         _check_values(items)
-        _check(len(target) + len(items) // 2 <= _MAX_CONTAINER_ITEMS, "dict is too large")
+        require(len(target) + len(items) // 2 <= _MAX_CONTAINER_ITEMS, "dict is too large")
         check_key = self._check_key
         for i in range(0, len(items), 2):
             check_key(items[i])
@@ -501,7 +503,7 @@ class Machine:
         target = self._top()
         if type(target) is not set:
             raise CorruptPickle(f"ADDITEMS on {type_name(target)}")
-        _check(len(target) + len(items) <= _MAX_CONTAINER_ITEMS, "set is too large")
+        require(len(target) + len(items) <= _MAX_CONTAINER_ITEMS, "set is too large")
         for item in items:
             self._check_key(item)
         target.update(items)
@@ -555,7 +557,7 @@ class Machine:
                     depth = max(depth, child_depth + 1)
                 else:
                     size += 1
-            _check(depth <= _MAX_KEY_DEPTH, f"a key nested deeper than {_MAX_KEY_DEPTH} levels")
+            require(depth <= _MAX_KEY_DEPTH, f"a key nested deeper than {_MAX_KEY_DEPTH} levels")
             sizes[id(item)] = (item, min(size, 1 << 62), depth)
         return sizes[id(key)][1]
 
@@ -574,7 +576,7 @@ class Machine:
         self._memo_put(len(self._memo))
 
     def _memo_put(self, index: int) -> None:
-        _check(index >= 0, "negative memo index")
+        require(index >= 0, "negative memo index")
         value = self._top()
         self._memo[index] = value
         if isinstance(value, Pending):
@@ -659,13 +661,8 @@ def _resolve_global(module: str, name: str) -> Global:
     return Global(module, name)
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise CorruptPickle(message)
-
-
 def _parse_int(text: bytes, what: str) -> int:
-    _check(len(text) <= 2 * _MAX_LONG_BYTES + 2, f"{what} is too long")
+    require(len(text) <= 2 * _MAX_LONG_BYTES + 2, f"{what} is too long")
     try:
         return int(text)
     except ValueError:

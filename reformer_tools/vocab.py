@@ -91,11 +91,6 @@ class Vocabulary:
         return self.size - self.reserved_ids - self.extra_ids
 
     @property
-    def start_id(self) -> int:
-        """The id Trax's ``ReformerLM`` feeds at the first position (``ShiftRight`` pads with 0)."""
-        return 0
-
-    @property
     def alphabet(self) -> frozenset[str]:
         """tensor2tensor's alphabet of a subword vocabulary: every character of every subtoken plus the
         escape characters. Characters outside it are written as ``\\NNN;`` escapes."""

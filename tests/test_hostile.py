@@ -10,6 +10,7 @@ below must stop early with exit code 3, in bounded time and memory.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import os
@@ -731,3 +732,14 @@ def test_security_md_states_the_limits_the_code_enforces() -> None:
     assert "A string of 1 MiB or more is never decoded" in SECURITY
     assert safe_pickle.LARGE_TEXT == 1 << 20
     assert f"{len(h.PAYLOADS)} hostile payloads" in SECURITY
+
+
+def test_loads_that_overlap_restore_the_collector_only_when_the_last_ends() -> None:
+    first, second = safe_pickle._PausedCollector(), safe_pickle._PausedCollector()
+    assert gc.isenabled()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first to start ends first: the second still loads
+    assert not gc.isenabled()
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
