@@ -41,6 +41,9 @@ MAX_TREE_DEPTH: Final = 1000
 MAX_TREE_NODES = 1_000_000
 #: Characters of all weight paths together: a tree 999 levels deep makes each path thousands long.
 MAX_PATH_CHARS: Final = 64_000_000
+#: Bytes of weights that repeat an array already in the tree: Trax never writes one array twice, and
+#: a small pickle referring to one array a million times would make convert write terabytes.
+MAX_REPEATED_BYTES = 1 << 30
 #: The largest step this tool reports: it goes into safetensors metadata and JSON as a 64-bit count.
 MAX_STEP: Final = (1 << 63) - 1
 _MAX_VERSION: Final = 64  # characters of a version stamp ("Jun-18-2020")
@@ -349,6 +352,7 @@ def _flatten_weights(tree: Any, root: str, *, limit: int | None = None) -> tuple
     nodes = MAX_TREE_NODES  # a tree that shares itself exponentially stops here
     chars = MAX_PATH_CHARS
     converted: dict[int, tuple[Array, str]] = {}
+    repeated = MAX_REPEATED_BYTES
     # The containers from the root down to the current node: (its children, its path piece, path length so far).
     frames: list[tuple[Iterator[tuple[Any, Any]], str, int, bool]] = []
     node, piece, length = tree, root, len(root)
@@ -375,6 +379,13 @@ def _flatten_weights(tree: Any, root: str, *, limit: int | None = None) -> tuple
             known = converted.get(id(node))
             if known is None:
                 known = converted[id(node)] = _leaf_array(node, path)
+            else:
+                repeated -= known[0].nbytes
+                if repeated < 0:
+                    raise UnreadableCheckpointError(
+                        f"the weights tree repeats arrays it already holds, more than {MAX_REPEATED_BYTES >> 30} GiB"
+                        " of them (a Trax checkpoint holds each weight once)"
+                    )
             array, dtype = known
             leaves.append(Leaf(len(arrays), path, tuple(array.shape), dtype))
             arrays.append(array)

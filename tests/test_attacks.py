@@ -143,6 +143,20 @@ def test_an_array_repeated_in_the_tree_is_byte_swapped_once(data: bool, tmp_path
         assert all(other is first for other in rest)
 
 
+def test_repeats_of_one_array_are_budgeted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each repeat costs nothing to load, but convert would write it out again: a 4 MB file referring
+    # to one array a million times asked for 4 TB of output.
+    monkeypatch.setattr(loader, "MAX_REPEATED_BYTES", 10 * 64 * 64 * 4)
+    path = tmp_path / "ckpt" / "model.pkl"
+    path.parent.mkdir()
+    array = np.ones((64, 64), dtype=np.float32)
+    path.write_bytes(pickle.dumps({"weights": [array] * 12, "step": 1}, protocol=4))
+    results = every_command(path, tmp_path)
+    assert_refused_by_loading_commands(results, 3, "the weights tree repeats arrays it already holds")
+    path.write_bytes(pickle.dumps({"weights": [array] * 11, "step": 1}, protocol=4))
+    assert len(load_checkpoint(path).leaves) == 11
+
+
 def test_a_long_metadata_string_is_counted_not_kept(tmp_path: Path) -> None:
     # 1 GiB of text from a 1 MB gzip file took 5.3 GB; here 16 MiB, and the summary says what it is.
     path = a.huge_string(tmp_path / "ckpt", 1 / 64)
