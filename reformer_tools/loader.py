@@ -31,6 +31,7 @@ from reformer_tools.checkpoint import (
 from reformer_tools.dtypes import logical_name, native, require_weight_dtype
 from reformer_tools.errors import ReformerToolsError, UnreadableCheckpointError
 from reformer_tools.npy_records import NPY_MAGIC, first_header, read_records, side_file_candidates
+from reformer_tools.sizes import format_size
 from reformer_tools.summaries import key_label, summarize
 from reformer_tools.untrusted import printable, shown
 
@@ -41,8 +42,9 @@ MAX_TREE_DEPTH: Final = 1000
 MAX_TREE_NODES = 1_000_000
 #: Characters of all weight paths together: a tree 999 levels deep makes each path thousands long.
 MAX_PATH_CHARS: Final = 64_000_000
-#: Bytes of weights that repeat an array already in the tree: Trax never writes one array twice, and
-#: a small pickle referring to one array a million times would make convert write terabytes.
+#: Bytes of weights beyond what the file holds (arrays repeated, or sharing one buffer): Trax writes
+#: each weight once, and a small pickle referring to one array a million times would make convert
+#: write terabytes.
 MAX_REPEATED_BYTES = 1 << 30
 #: The largest step this tool reports: it goes into safetensors metadata and JSON as a 64-bit count.
 MAX_STEP: Final = (1 << 63) - 1
@@ -133,7 +135,9 @@ def _load(
         obj = _run_pickle(opened, on_array)
     finally:
         opened.close()
-    return _interpret(path, obj, max_decompressed, compressed=opened.compressed, data=data)
+    return _interpret(
+        path, obj, max_decompressed, compressed=opened.compressed, data=data, file_bytes=opened.source.consumed
+    )
 
 
 def _run_pickle(opened: OpenFile, on_array: Callable[[Array], None] | None = None) -> Any:
@@ -145,11 +149,13 @@ def _run_pickle(opened: OpenFile, on_array: Callable[[Array], None] | None = Non
 # ------------------------------------------------------------------ what the pickle holds
 
 
-def _interpret(path: Path, obj: Any, max_decompressed: int | None, *, compressed: bool, data: bool) -> TraxCheckpoint:
-    """Find the weights in an unpickled object and describe the rest."""
+def _interpret(
+    path: Path, obj: Any, max_decompressed: int | None, *, compressed: bool, data: bool, file_bytes: int
+) -> TraxCheckpoint:
+    """Find the weights in an unpickled object and describe the rest (``file_bytes``: what the pickle read)."""
     if isinstance(obj, tuple) and len(obj) == 4 and isinstance(obj[0], tuple) and len(obj[0]) == 3:
         # trax <= 1.1 (2019): (opt_state=(weights, slots, opt_params), step, history, model_state)
-        arrays, leaves = _flatten_weights(obj[0][0], "[0][0]")
+        arrays, leaves = _flatten_weights(obj[0][0], "[0][0]", file_bytes)
         metadata = summarize({"slots": obj[0][1], "opt_params": obj[0][2], "history": obj[2], "state": obj[3]})
         step, why = _step(obj[1])
         return TraxCheckpoint(
@@ -169,7 +175,7 @@ def _interpret(path: Path, obj: Any, max_decompressed: int | None, *, compressed
     metadata = summarize(rest, path=path) + step_why + version_why
 
     if "weights" in obj:
-        arrays, leaves = _flatten_weights(obj["weights"], "weights")
+        arrays, leaves = _flatten_weights(obj["weights"], "weights", file_bytes)
         description = _describe_tree_checkpoint(obj, version)
         return TraxCheckpoint(
             path,
@@ -186,7 +192,7 @@ def _interpret(path: Path, obj: Any, max_decompressed: int | None, *, compressed
         raise UnreadableCheckpointError(f"not a Trax checkpoint: no 'weights' or 'flat_weights' entry (keys: {keys})")
     flat = obj["flat_weights"]
     if isinstance(flat, list | tuple):
-        arrays, leaves = _flatten_weights(tuple(flat), "flat_weights")
+        arrays, leaves = _flatten_weights(tuple(flat), "flat_weights", file_bytes)
         return TraxCheckpoint(
             path,
             CheckpointFormat.GZIP_FLAT,
@@ -320,12 +326,13 @@ def _read_shards(
                 if not _is_pickle(opened.head):
                     raise UnreadableCheckpointError(f"not a pickle ({_sniff(opened.head)})")
                 obj = _run_pickle(opened)
+                file_bytes = opened.source.consumed
             finally:
                 opened.close()
             if not isinstance(obj, list | tuple):
                 raise UnreadableCheckpointError(f"holds a {type_name(obj)}, not a list of arrays")
             limit = model.MAX_ARRAYS - len(arrays)
-            shard_arrays, shard_leaves = _flatten_weights(tuple(obj), shard.name, limit=limit)
+            shard_arrays, shard_leaves = _flatten_weights(tuple(obj), shard.name, file_bytes, limit=limit)
         except ReformerToolsError as error:
             raise with_file(error, shard) from None
         offset = len(arrays)
@@ -337,7 +344,9 @@ def _read_shards(
 # ------------------------------------------------------------------ flattening
 
 
-def _flatten_weights(tree: Any, root: str, *, limit: int | None = None) -> tuple[list[Array | None], list[Leaf]]:
+def _flatten_weights(
+    tree: Any, root: str, file_bytes: int, *, limit: int | None = None
+) -> tuple[list[Array | None], list[Leaf]]:
     """Trax's ``fastmath.tree_flatten`` with paths, iteratively and with bounds.
 
     A list of flat weights may hold ``(uint16 array, 'bfloat16')`` pairs, the
@@ -352,7 +361,7 @@ def _flatten_weights(tree: Any, root: str, *, limit: int | None = None) -> tuple
     nodes = MAX_TREE_NODES  # a tree that shares itself exponentially stops here
     chars = MAX_PATH_CHARS
     converted: dict[int, tuple[Array, str]] = {}
-    repeated = MAX_REPEATED_BYTES
+    unbacked = MAX_REPEATED_BYTES + file_bytes  # weights bytes may not outgrow what was read by more
     # The containers from the root down to the current node: (its children, its path piece, path length so far).
     frames: list[tuple[Iterator[tuple[Any, Any]], str, int, bool]] = []
     node, piece, length = tree, root, len(root)
@@ -379,14 +388,14 @@ def _flatten_weights(tree: Any, root: str, *, limit: int | None = None) -> tuple
             known = converted.get(id(node))
             if known is None:
                 known = converted[id(node)] = _leaf_array(node, path)
-            else:
-                repeated -= known[0].nbytes
-                if repeated < 0:
-                    raise UnreadableCheckpointError(
-                        f"the weights tree repeats arrays it already holds, more than {MAX_REPEATED_BYTES >> 30} GiB"
-                        " of them (a Trax checkpoint holds each weight once)"
-                    )
             array, dtype = known
+            unbacked -= array.nbytes
+            if unbacked < 0:
+                raise UnreadableCheckpointError(
+                    f"the weights repeat data: over {format_size(MAX_REPEATED_BYTES, binary=True)} more than"
+                    " the file holds"
+                    " (a Trax checkpoint holds each weight once)"
+                )
             leaves.append(Leaf(len(arrays), path, tuple(array.shape), dtype))
             arrays.append(array)
         # The next node: the next child of the innermost container that has one left.

@@ -13,6 +13,7 @@ import json
 import pickle
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -143,17 +144,32 @@ def test_an_array_repeated_in_the_tree_is_byte_swapped_once(data: bool, tmp_path
         assert all(other is first for other in rest)
 
 
-def test_repeats_of_one_array_are_budgeted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class _SharedBuffer:
+    """Pickles as a 64x64 float32 array whose data is one bytes object every instance shares (memoised)."""
+
+    DATA = np.ones((64, 64), dtype=np.float32).tobytes()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        rebuild, args, (version, _shape, dtype, fortran, _data) = np.ones(1, np.float32).__reduce__()
+        return rebuild, args, (version, (64, 64), dtype, fortran, self.DATA)
+
+
+@pytest.mark.parametrize("how", ["one array", "one buffer"])
+def test_weights_may_not_outgrow_the_file(how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Each repeat costs nothing to load, but convert would write it out again: a 4 MB file referring
-    # to one array a million times asked for 4 TB of output.
+    # to one array (or one buffer) a million times asked for 4 TB of output.
     monkeypatch.setattr(loader, "MAX_REPEATED_BYTES", 10 * 64 * 64 * 4)
     path = tmp_path / "ckpt" / "model.pkl"
     path.parent.mkdir()
     array = np.ones((64, 64), dtype=np.float32)
-    path.write_bytes(pickle.dumps({"weights": [array] * 12, "step": 1}, protocol=4))
+
+    def weights(count: int) -> list[Any]:
+        return [array] * count if how == "one array" else [_SharedBuffer() for _ in range(count)]
+
+    path.write_bytes(pickle.dumps({"weights": weights(12), "step": 1}, protocol=4))
     results = every_command(path, tmp_path)
-    assert_refused_by_loading_commands(results, 3, "the weights tree repeats arrays it already holds")
-    path.write_bytes(pickle.dumps({"weights": [array] * 11, "step": 1}, protocol=4))
+    assert_refused_by_loading_commands(results, 3, "the weights repeat data: over 160.0 KiB more than the file holds")
+    path.write_bytes(pickle.dumps({"weights": weights(11), "step": 1}, protocol=4))
     assert len(load_checkpoint(path).leaves) == 11
 
 

@@ -724,7 +724,10 @@ def test_security_md_states_the_limits_the_code_enforces() -> None:
     assert f"| {loader.MAX_TREE_DEPTH:,} levels |" in SECURITY
     assert f"| {loader.MAX_PATH_CHARS:,} |" in SECURITY
     assert loader.MAX_REPEATED_BYTES == 1 << 30
-    assert "| bytes of weights that repeat an array the tree already holds | 1 GiB |" in SECURITY
+    assert (
+        "| bytes of weights beyond the bytes the file holds (arrays repeated, or sharing one buffer) | 1 GiB |"
+        in SECURITY
+    )
     assert f"| {checkpoint.MAX_SHARDS:,} |" in SECURITY
     assert f"| {safe_pickle.MAX_KEY_ITEMS:,} |" in SECURITY
     assert f"| {safe_pickle.MAX_TEXT_BYTES >> 20} MiB |" in SECURITY
