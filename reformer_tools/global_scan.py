@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import os
 import pickle
 import pickletools
@@ -623,12 +622,7 @@ def _line_text(code: int, arg: object) -> object:
     if not isinstance(arg, bytes) or len(arg) > 4 * _MAX_NAME:
         return _UNKNOWN
     try:
-        if code == pickle.STRING[0]:
-            if len(arg) < 2 or arg[:1] not in (b"'", b'"') or arg[-1:] != arg[:1]:
-                return _UNKNOWN
-            text: str = codecs.escape_decode(arg[1:-1])[0].decode("latin-1")
-        else:
-            text = arg.decode("raw-unicode-escape")
-    except (ValueError, UnicodeDecodeError):
+        text = safe_pickle.string_line(arg) if code == pickle.STRING[0] else safe_pickle.unicode_line(arg)
+    except ValueError:
         return _UNKNOWN
     return text if len(text) <= _MAX_NAME else _UNKNOWN

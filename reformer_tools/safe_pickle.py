@@ -368,16 +368,14 @@ class Machine:
     # ---- text and bytes
 
     def _op_string(self) -> None:
-        line = self._read_line()
-        require(len(line) >= 2 and line[0] == line[-1] and line[:1] in (b"'", b'"'), "malformed STRING")
         try:
-            self._push_small_text(codecs.escape_decode(line[1:-1])[0].decode("latin-1"))
+            self._push_small_text(string_line(self._read_line()))
         except ValueError:
             raise CorruptPickle("malformed STRING") from None
 
     def _op_unicode(self) -> None:
         try:
-            self._push_small_text(self._read_line().decode("raw-unicode-escape"))
+            self._push_small_text(unicode_line(self._read_line()))
         except UnicodeDecodeError:
             raise CorruptPickle("malformed UNICODE") from None
 
@@ -659,6 +657,21 @@ def _resolve_global(module: str, name: str) -> Global:
     if (module, name) not in ALLOWED_GLOBALS:
         raise RefusedPickle(f"refused global {printable(module)}.{printable(name)} (not on the allow-list)")
     return Global(module, name)
+
+
+def string_line(line: bytes) -> str:
+    """A protocol 0 STRING operand as pickle decodes it: a quoted, backslash-escaped latin-1 line.
+
+    Raises ValueError (UnicodeDecodeError included) for one pickle would refuse.
+    """
+    if len(line) < 2 or line[0] != line[-1] or line[:1] not in (b"'", b'"'):
+        raise ValueError("malformed STRING")
+    return str(codecs.escape_decode(line[1:-1])[0].decode("latin-1"))
+
+
+def unicode_line(line: bytes) -> str:
+    """A protocol 0 UNICODE operand as pickle decodes it (raises UnicodeDecodeError)."""
+    return line.decode("raw-unicode-escape")
 
 
 def _parse_int(text: bytes, what: str) -> int:
