@@ -108,6 +108,12 @@ class TraxCheckpoint:
         """Whether ``leaves`` is available without reading the side file again."""
         return self._leaves is not None
 
+    @property
+    def stored_arrays(self) -> list[Array | None]:
+        """The arrays held in memory, by leaf index (none for side files): a loader's caller may swap
+        one for an array of the same data (mapped from a file it spilled the data to)."""
+        return self._arrays if self._arrays is not None else []
+
     def holds_exactly(self, arrays: list[Array]) -> bool:
         """Whether the weights are exactly these array objects, in this order."""
         return (

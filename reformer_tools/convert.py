@@ -8,9 +8,12 @@ transformed once, written, and released. torch is imported only for the legacy
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import mmap
+import os
 import queue
 import threading
 import time
@@ -25,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from reformer_tools import __version__
+from reformer_tools.allowlist import PayloadReleased
 from reformer_tools.byte_source import is_gzip
 from reformer_tools.checkpoint import CheckpointFormat, Leaf, TraxCheckpoint
 from reformer_tools.dtypes import WEIGHT_DTYPES, cast, itemsize, logical_name
@@ -32,7 +36,7 @@ from reformer_tools.errors import MappingError, ReformerToolsError, UsageError
 from reformer_tools.loader import load_checkpoint
 from reformer_tools.mapper import TRANSFORMS, expected_slots, plan
 from reformer_tools.npy_records import side_file_candidates
-from reformer_tools.output import AtomicOutput
+from reformer_tools.output import AtomicOutput, scratch_file
 from reformer_tools.prefetch import Prefetch
 from reformer_tools.resolve import ConfigSources, ResolvedConfig
 from reformer_tools.safetensors_writer import (
@@ -567,11 +571,41 @@ class _NotStreamable(Exception):
     """The weights did not arrive as the first arrays of the pickle, in order."""
 
 
-class _BackgroundLoad:
-    """``load_checkpoint`` in a thread, handing over each array as it is built."""
+#: Arrays the load builds ahead of the one being converted: a bound on what the two threads hold.
+_HANDOVER_DEPTH: Final = 2
+_POLL: Final = 0.1  # seconds between checks that the converting side still wants arrays
+#: Smaller arrays stay in memory when spilling: a page-aligned map each would cost more than they hold.
+_SPILL_MIN: Final = 1 << 16
 
-    def __init__(self, path: Path, max_decompressed: int | None) -> None:
-        self.arrays: queue.Queue[Array | None] = queue.Queue()  # None: the load has ended
+
+def _stand_in(array: Array) -> Array:
+    """An array of ``array``'s shape and dtype holding one element: what the loaded tree keeps in the
+    place of an array whose data went elsewhere (converted, or spilled to a file)."""
+    return np.lib.stride_tricks.as_strided(
+        np.zeros(1, dtype=array.dtype), array.shape, (0,) * array.ndim, writeable=False
+    )
+
+
+def _can_stand_in(array: Array) -> bool:
+    # A weight has a dimension; the loader converts a non-native array (a stand-in would give
+    # zeros) and the writers want C order. Other arrays keep their data.
+    return array.ndim > 0 and array.dtype.isnative and bool(array.flags.c_contiguous)
+
+
+class _BackgroundLoad:
+    """``load_checkpoint`` in a thread, handing the first ``count`` arrays over as they are built.
+
+    The loaded tree keeps a stand-in (shape and dtype, no data) for every array handed over and
+    for every later one (optimizer slots, state: only their shapes are described), so neither the
+    load nor the conversion holds more than a few arrays. Whether the handed arrays were the weights
+    is proved once the load ends: the weights it found must be exactly their stand-ins, in order.
+    """
+
+    def __init__(self, path: Path, max_decompressed: int | None, count: int) -> None:
+        self._arrays: queue.Queue[Array | None] = queue.Queue(maxsize=_HANDOVER_DEPTH)  # None: the load ended
+        self._left = count
+        self._abandoned = threading.Event()
+        self.stand_ins: list[Array] = []  # of the arrays handed over, in order
         self._checkpoint: TraxCheckpoint | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(path, max_decompressed), name="load", daemon=True)
@@ -579,15 +613,39 @@ class _BackgroundLoad:
 
     def _run(self, path: Path, max_decompressed: int | None) -> None:
         try:
-            self._checkpoint = load_checkpoint(path, max_decompressed=max_decompressed, on_array=self.arrays.put)
+            self._checkpoint = load_checkpoint(path, max_decompressed=max_decompressed, on_array=self._hand_over)
         except BaseException as error:  # raised again in the caller's thread
             self._error = error
         finally:
-            self.arrays.put(None)
+            self._put(None)
 
-    def discard(self) -> None:
-        """Drop the arrays not taken (call after ``result``: no more arrive)."""
-        self.arrays = queue.Queue()
+    def _hand_over(self, array: Array) -> Array | None:
+        if not _can_stand_in(array):
+            return None
+        stand_in = _stand_in(array)
+        if self._left > 0 and not self._abandoned.is_set():
+            self._left -= 1
+            self.stand_ins.append(stand_in)
+            self._put(array)
+        return stand_in
+
+    def _put(self, item: Array | None) -> None:
+        while not self._abandoned.is_set():
+            try:
+                self._arrays.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
+
+    def take(self) -> Array | None:
+        """The next array handed over; None once the load has ended."""
+        return self._arrays.get()
+
+    def abandon(self) -> None:
+        """Stop handing arrays over (the load runs on, keeping stand-ins) and drop those waiting."""
+        self._abandoned.set()
+        while not self._arrays.empty():
+            self._arrays.get_nowait()
 
     def result(self) -> TraxCheckpoint:
         self._thread.join()
@@ -603,22 +661,77 @@ def _tensors_as_built(
     """Transform arrays as the pickle builds them; at the end, prove they were the weights."""
     by_leaf = conversion.by_leaf()
     yield from _computed(spec, by_leaf.pop(COMPUTED, []), dtype)
-    used: list[Array] = []
     for index in range(len(by_leaf)):
         planned = by_leaf[index]
-        array = load.arrays.get()
-        if array is None or array.shape not in planned[0].source_shapes or not array.dtype.isnative:
+        array = load.take()
+        if array is None or array.shape not in planned[0].source_shapes:
             raise _NotStreamable
         source = logical_name(array.dtype)
         if source not in WEIGHT_DTYPES:  # the loader refuses such weights; here they were not the weights
             raise _NotStreamable
-        used.append(array)
         out_dtype = _out_dtype(source, dtype)
         transformed = cast(_transform(planned[0], array, scratch), source, out_dtype)
+        del array
         for tensor in planned:
             yield replace(tensor, dtype=out_dtype), transformed, out_dtype
-    if not load.result().holds_exactly(used):
+        del transformed
+    # The loaded weights are the stand-ins of the arrays written, in order: each stand-in was made
+    # for one array as the pickle built it, so the tree's weights are those arrays and no others.
+    if not load.result().holds_exactly(load.stand_ins):
         raise _NotStreamable
+
+
+class _Spill:
+    """Arrays written to an unlinked file beside the output as the pickle builds them.
+
+    Without a config, what each array becomes is known only once the load ends. Holding the arrays
+    until then costs the whole checkpoint in memory; spilled, they cost page cache, and come back
+    as read-only maps of the file's pages that the conversion releases one tensor at a time.
+    """
+
+    def __init__(self, output: Path) -> None:
+        self._fd = scratch_file(output)
+        self._size = 0
+        self._where: dict[int, tuple[Array, int]] = {}  # id(stand-in) -> (stand-in, offset in the file)
+
+    def __call__(self, array: Array) -> Array | None:
+        if not _can_stand_in(array) or array.nbytes < _SPILL_MIN:
+            return None
+        offset = self._size
+        data = array.reshape(-1).view(np.uint8).data
+        written = 0
+        while written < len(data):
+            written += os.pwrite(self._fd, data[written:], offset + written)
+        self._size = offset + -(-array.nbytes // mmap.ALLOCATIONGRANULARITY) * mmap.ALLOCATIONGRANULARITY
+        stand_in = _stand_in(array)
+        self._where[id(stand_in)] = (stand_in, offset)
+        return stand_in
+
+    def restore(self, checkpoint: TraxCheckpoint) -> None:
+        """Put every spilled weight back into ``checkpoint``, mapped from the file."""
+        arrays = checkpoint.stored_arrays
+        for index, array in enumerate(arrays):
+            entry = None if array is None else self._where.get(id(array))
+            if entry is not None and entry[0] is array:
+                mapped = mmap.mmap(self._fd, array.nbytes, offset=entry[1], access=mmap.ACCESS_READ)
+                arrays[index] = np.frombuffer(mapped, dtype=array.dtype).reshape(array.shape)
+        self._where.clear()
+
+    def close(self) -> None:
+        """Close the file; the maps handed out keep its pages until they are released."""
+        self._where.clear()
+        os.close(self._fd)
+
+
+def _load_spilled(path: Path, output: Path, max_decompressed: int | None) -> TraxCheckpoint:
+    """``load_checkpoint`` of a gzip pickle whose weights wait in a spill file, not in memory."""
+    spill = _Spill(output)
+    try:
+        checkpoint = load_checkpoint(path, max_decompressed=max_decompressed, on_array=spill)
+        spill.restore(checkpoint)
+    finally:
+        spill.close()
+    return checkpoint
 
 
 def _placeholder_metadata(path: Path, resolved: ResolvedConfig) -> dict[str, str]:
@@ -656,20 +769,18 @@ def convert_checkpoint(
     options = options or ConversionOptions()
     started = time.perf_counter()
     kind = options.kind_for(output)
+    gzip_file = is_gzip(path)
     streamable = (
         sources.config_path is not None
         and kind is not OutputKind.TORCH_BIN
         and options.max_shard_size is None
-        and is_gzip(path)
+        and gzip_file
     )
     if not streamable:
-        checkpoint = load_checkpoint(path, max_decompressed=options.max_decompressed)
-        resolved = sources.resolve(checkpoint)
-        result = write_conversion(checkpoint, resolved, output, options)
-        return Conversion(checkpoint, resolved, result, time.perf_counter() - started)
+        return _convert_loaded(path, output, sources, options, started, spill=gzip_file)
     early = sources.resolve(None)
     conversion = ConversionPlan(kind, plan_from_config(early.spec, options.dtype), streaming=True)
-    load = _BackgroundLoad(path, options.max_decompressed)
+    load = _BackgroundLoad(path, options.max_decompressed, len(expected_slots(early.spec).slots))
     protected = (path, *side_file_candidates(path))
     final: list[ResolvedConfig] = []
     verified: list[VerifyReport] = []
@@ -699,11 +810,28 @@ def convert_checkpoint(
             )
             target.commit(_verifier(output, kind, lambda: (load.result(), finish()), options, verified))
     except _NotStreamable:
-        checkpoint = load.result()
-        load.discard()  # so the ordinary conversion can release each array after writing it
-        resolved = sources.resolve(checkpoint)
-        result = write_conversion(checkpoint, resolved, output, options)
-        return Conversion(checkpoint, resolved, result, time.perf_counter() - started)
+        load.abandon()
+        with contextlib.suppress(PayloadReleased):  # read again below, keeping the data
+            load.result()  # the load's own error, if it failed
+        # The first load kept stand-ins, not data: read the file again, the ordinary way.
+        return _convert_loaded(path, output, sources, options, started, spill=True)
+    finally:
+        load.abandon()  # on any error: the load thread must not wait for a taker
     files = _describe_files(output, kind, names)
     result = ConversionResult(output, kind, files, len(conversion.tensors), verified[0] if verified else None)
     return Conversion(load.result(), finish(), result, time.perf_counter() - started)
+
+
+def _convert_loaded(
+    path: Path, output: Path, sources: ConfigSources, options: ConversionOptions, started: float, *, spill: bool
+) -> Conversion:
+    """Load, resolve, then convert; a gzip pickle's arrays are spilled to a file while it loads."""
+    checkpoint = None
+    if spill:
+        with contextlib.suppress(PayloadReleased):  # then loaded again below, keeping the data
+            checkpoint = _load_spilled(path, output, options.max_decompressed)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(path, max_decompressed=options.max_decompressed)
+    resolved = sources.resolve(checkpoint)
+    result = write_conversion(checkpoint, resolved, output, options)
+    return Conversion(checkpoint, resolved, result, time.perf_counter() - started)

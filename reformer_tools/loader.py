@@ -84,7 +84,7 @@ def load_checkpoint(
     *,
     max_decompressed: int | None = None,
     data: bool = True,
-    on_array: Callable[[Array], None] | None = None,
+    on_array: Callable[[Array], Array | None] | None = None,
 ) -> TraxCheckpoint:
     """Load a Trax checkpoint of any era. Errors name the file and the problem.
 
@@ -92,7 +92,8 @@ def load_checkpoint(
     inflated and dropped instead of kept, so memory stays small; ``iter_arrays``
     is then unavailable. ``on_array`` sees every array of the main pickle that
     can be a weight (floating point; uint16 bfloat16 bits) as it is built, in file
-    order, before the load finishes (weights and the rest alike).
+    order, before the load finishes (weights and the rest alike); an array it returns takes that
+    array's place in what is loaded (a stand-in, when the caller keeps the data elsewhere).
     Every format must hold at least one weight array, and every weight array
     must be floating point (uint16 arrays are bfloat16 bit patterns, as in Trax).
     """
@@ -111,7 +112,7 @@ def load_checkpoint(
 
 
 def _load(
-    path: Path, max_decompressed: int | None, data: bool, on_array: Callable[[Array], None] | None
+    path: Path, max_decompressed: int | None, data: bool, on_array: Callable[[Array], Array | None] | None
 ) -> TraxCheckpoint:
     opened = open_file(path, max_decompressed, map_payloads=True, keep_payloads=data)
     try:
@@ -133,7 +134,7 @@ def _load(
     return _interpret(path, obj, max_decompressed, compressed=opened.compressed, data=data)
 
 
-def _run_pickle(opened: OpenFile, on_array: Callable[[Array], None] | None = None) -> Any:
+def _run_pickle(opened: OpenFile, on_array: Callable[[Array], Array | None] | None = None) -> Any:
     obj = safe_pickle.Machine(opened.source, on_array=on_array).load()
     opened.check_end()
     return obj

@@ -129,6 +129,23 @@ def _nearest_existing(path: Path) -> Path:
     return Path.cwd()
 
 
+def scratch_file(near: Path) -> int:
+    """An unlinked read-write file on the filesystem that will hold ``near`` (its nearest existing
+    folder): data spilled there goes to the page cache and disk, not the process's memory, and
+    vanishes with the last descriptor or mapping, whatever happens to the process."""
+    workdir = _nearest_existing(near.parent)
+    try:
+        return os.open(workdir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except (AttributeError, OSError):
+        temp_path = workdir / f".{near.name}.{secrets.token_hex(4)}.spill"
+        try:
+            fd = os.open(temp_path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise OutputError(f"{near}: cannot create a file in {workdir} ({error.strerror})") from None
+        temp_path.unlink()
+        return fd
+
+
 @dataclass
 class _Pending:
     name: str
