@@ -114,6 +114,10 @@ class TraxCheckpoint:
         one for an array of the same data (mapped from a file it spilled the data to)."""
         return self._arrays if self._arrays is not None else []
 
+    def hold(self, leaves: list[Leaf], arrays: list[Array | None]) -> None:
+        """Keep these arrays (read from the side file by its caller) instead of reading the side file again."""
+        self._leaves, self._arrays = leaves, arrays
+
     def holds_exactly(self, arrays: list[Array]) -> bool:
         """Whether the weights are exactly these array objects, in this order."""
         return (

@@ -98,12 +98,14 @@ def load_checkpoint(
     must be floating point (uint16 arrays are bfloat16 bit patterns, as in Trax).
     """
     path = Path(path)
+    # With data, hash the files in threads while the file loads and the caller converts: the
+    # digests go into the output's metadata. Inflating a gzip file takes longer than hashing it.
+    digests = FileDigests((path,), background=data)
     try:
         checkpoint = _load(path, max_decompressed, data, on_array)
         checkpoint.has_data = data
-        # With data, hash the files in threads while the caller converts: the digests go
-        # into the output's metadata, and the files are in the page cache by now.
-        checkpoint._digests = FileDigests((path, *checkpoint.weight_files), background=data)
+        digests.add(checkpoint.weight_files)
+        checkpoint._digests = digests
         return checkpoint
     except ReformerToolsError as error:
         raise with_file(error, path) from None

@@ -70,6 +70,32 @@ def rename2(source: Path, destination: Path, flags: int) -> None:
         raise OSError(code, os.strerror(code), str(source), None, str(destination))
 
 
+_SYNC_FILE_RANGE_WRITE: Final = 2  # start writing the range's dirty pages; do not wait
+
+
+def _load_sync_file_range() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int, start: int, end: int) -> None:
+    """Start writing bytes [start, end) of a file to disk, without waiting for them.
+
+    Dirty pages otherwise wait for the kernel's flusher, and then all of a large output for the
+    fsync in ``commit``. Errors are left to that fsync, which reports them.
+    """
+    if _sync_file_range is not None and end > start:
+        _sync_file_range(fd, start, end - start, _SYNC_FILE_RANGE_WRITE)
+
+
 def previous_output(directory: Path) -> tuple[str, ...] | None:
     """The names in a previous conversion's directory, or None if it holds anything else (or is unreadable)."""
     names = []
