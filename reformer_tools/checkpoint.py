@@ -118,6 +118,11 @@ class TraxCheckpoint:
         """Keep these arrays (read from the side file by its caller) instead of reading the side file again."""
         self._leaves, self._arrays = leaves, arrays
 
+    def release_all(self) -> None:
+        """Drop every array held (as ``iter_arrays(release=True)`` does one by one)."""
+        if self._arrays is not None:
+            self._arrays[:] = [None] * len(self._arrays)
+
     def holds_exactly(self, arrays: list[Array]) -> bool:
         """Whether the weights are exactly these array objects, in this order."""
         return (

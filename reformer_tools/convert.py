@@ -32,7 +32,7 @@ from reformer_tools.allowlist import PayloadReleased
 from reformer_tools.byte_source import is_gzip
 from reformer_tools.checkpoint import CheckpointFormat, Leaf, TraxCheckpoint
 from reformer_tools.dtypes import WEIGHT_DTYPES, cast, itemsize, logical_name
-from reformer_tools.errors import MappingError, ReformerToolsError, UsageError
+from reformer_tools.errors import MappingError, OutputError, ReformerToolsError, UsageError
 from reformer_tools.loader import load_checkpoint
 from reformer_tools.mapper import TRANSFORMS, expected_slots, plan
 from reformer_tools.npy_records import side_file_candidates
@@ -697,6 +697,8 @@ class _BackgroundLoad:
 
     def result(self) -> TraxCheckpoint:
         self._thread.join()
+        if isinstance(self._error, PayloadReleased):  # an array's data was needed again: read the file again
+            raise _NotStreamable
         if self._error is not None:
             raise self._error
         assert self._checkpoint is not None
@@ -725,8 +727,10 @@ def _tensors_as_built(
         del transformed
     # The loaded weights are the stand-ins of the arrays written, in order: each stand-in was made
     # for one array as the pickle built it, so the tree's weights are those arrays and no others.
-    if not load.result().holds_exactly(load.stand_ins):
+    checkpoint = load.result()
+    if not checkpoint.holds_exactly(load.stand_ins):
         raise _NotStreamable
+    checkpoint.release_all()  # the stand-ins hold no data: reading them must fail, not give zeros
 
 
 class _Spill:
@@ -738,6 +742,7 @@ class _Spill:
     """
 
     def __init__(self, output: Path) -> None:
+        self._output = output
         self._fd = scratch_file(output)
         self._size = 0
         self._where: dict[int, tuple[Array, int]] = {}  # id(stand-in) -> (stand-in, offset in the file)
@@ -748,8 +753,13 @@ class _Spill:
         offset = self._size
         data = array.reshape(-1).view(np.uint8).data
         written = 0
-        while written < len(data):
-            written += os.pwrite(self._fd, data[written:], offset + written)
+        try:
+            while written < len(data):
+                written += os.pwrite(self._fd, data[written:], offset + written)
+        except OSError as error:  # a full disk, most likely: the spill needs the weights' size beside the output
+            raise OutputError(
+                f"{self._output}: cannot spill the weights to a temporary file beside it ({error.strerror or error})"
+            ) from None
         self._size = offset + -(-array.nbytes // mmap.ALLOCATIONGRANULARITY) * mmap.ALLOCATIONGRANULARITY
         stand_in = _stand_in(array)
         self._where[id(stand_in)] = (stand_in, offset)
@@ -868,7 +878,7 @@ def convert_checkpoint(
     except _NotStreamable:
         load.abandon()
         loaded = None
-        with contextlib.suppress(PayloadReleased):  # read again below, keeping the data
+        with contextlib.suppress(_NotStreamable):  # read again below, keeping the data
             loaded = load.result()  # the load's own error, if it failed
         # A load that kept stand-ins must be read again; one that kept everything (the weights are in
         # a side file) is converted as it is, streaming the side file against the config.

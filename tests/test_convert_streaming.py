@@ -17,6 +17,7 @@ from safetensors.numpy import load_file
 import reformer_tools.convert as convert_module
 from reformer_tools import gzip_stream
 from reformer_tools.convert import ConversionOptions, convert_checkpoint, write_conversion
+from reformer_tools.errors import ReformerToolsError
 from reformer_tools.loader import load_checkpoint
 from reformer_tools.mapper import expected_slots
 from reformer_tools.resolve import ConfigSources
@@ -133,22 +134,31 @@ class _SharedData:
         return _frombuffer, (self.data, np.dtype(np.float32), self.shape, "C")
 
 
+@pytest.mark.parametrize("later", [False, True], ids=["among-weights", "after-weights"])
 @pytest.mark.parametrize("with_config", [True, False], ids=["config", "no-config"])
-def test_arrays_that_share_their_data_are_read_again_and_kept(tmp_path: Path, with_config: bool) -> None:
+def test_arrays_that_share_their_data_are_read_again_and_kept(tmp_path: Path, with_config: bool, later: bool) -> None:
     # Pickle memoizes the shared bytes: the second array is built from data the first one's release
-    # dropped. The load must notice and read the file again, keeping the data.
+    # dropped (among the weights, or in the optimizer slots after them). The load must notice and read
+    # the file again, keeping the data.
     weights = wide_weights(2)
     first, second = _two_alike(weights)
     shared = weights[first].tobytes()
     flat: list[Any] = list(weights)
     flat[first] = _SharedData(shared, weights[first].shape)
-    flat[second] = _SharedData(shared, weights[first].shape)
-    checkpoint, sources = wide_checkpoint(tmp_path, 2, with_config, flat)
-    convert_checkpoint(checkpoint, tmp_path / "streamed", sources)
+    slots: list[Any] = []
+    if later:
+        slots.append(_SharedData(shared, weights[first].shape))
+    else:
+        flat[second] = _SharedData(shared, weights[first].shape)
+    checkpoint, sources = wide_checkpoint(tmp_path, 2, with_config, flat, slots)
+    conversion = convert_checkpoint(checkpoint, tmp_path / "streamed", sources)
     in_memory_conversion(checkpoint, sources, tmp_path / "reference")
     assert_same_output(tmp_path / "streamed", tmp_path / "reference")
     tensors, _ = safetensors_of(tmp_path / "streamed")
-    assert sum(np.array_equal(t.ravel(), weights[first].ravel()) for t in tensors.values()) == 2
+    copies = sum(np.array_equal(t.ravel(), weights[first].ravel()) for t in tensors.values())
+    assert copies == (1 if later else 2)
+    with pytest.raises(ReformerToolsError, match="already released"):
+        next(conversion.checkpoint.iter_arrays())
 
 
 @pytest.mark.parametrize("with_config", [True, False], ids=["config", "no-config"])
@@ -201,13 +211,14 @@ def wide_weights(layers: int) -> list[np.ndarray]:
     return [rng.standard_normal(slot.source_shape, dtype=np.float32) for slot in slots]
 
 
-def wide_checkpoint(directory: Path, layers: int, with_config: bool, weights: list[Any]) -> tuple[Path, ConfigSources]:
+def wide_checkpoint(
+    directory: Path, layers: int, with_config: bool, weights: list[Any], slots: list[Any] | None = None
+) -> tuple[Path, ConfigSources]:
     """A gzip pickle (level 0: quick to write) of ``weights``, and the sources to convert it with."""
     config = _wide_config(layers)
     (directory / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    checkpoint = write_gzip_pickle(
-        directory / "model.pkl.gz", {"step": 1, "flat_weights": weights, "version_timestamp": "Jun-18-2020"}, level=0
-    )
+    content = {"step": 1, "flat_weights": weights, "slots": slots or [], "version_timestamp": "Jun-18-2020"}
+    checkpoint = write_gzip_pickle(directory / "model.pkl.gz", content, level=0)
     if with_config:
         return checkpoint, ConfigSources(config_path=directory / "config.json")
     given = ("local_attn_chunk_length", "local_num_chunks_before", "local_num_chunks_after", "hidden_act")
@@ -244,3 +255,19 @@ def test_converting_a_gzip_pickle_holds_about_one_tensor_whatever_its_size(
     # Four times the layers, the same memory: a few tensors in flight (being built, queued, converted),
     # not the weights held until the load ends.
     assert large - small < 8 * tensor, (small, large)
+
+
+def test_a_spill_that_cannot_be_written_is_an_output_error_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint, _ = wide_checkpoint(tmp_path, 1, False, wide_weights(1))
+
+    def full_disk(fd: int, data: Any, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(convert_module.os, "pwrite", full_disk)
+    result = invoke(["convert", checkpoint, "--set", "local_attn_chunk_length=16", "-o", tmp_path / "hf"])
+    assert result.exit_code == 5, result.stderr
+    assert "cannot spill the weights" in result.stderr
+    assert "No space left" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.pkl.gz"]
