@@ -46,6 +46,17 @@ class SkippedPayload:
     nbytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class ReleasedPayload:
+    """A payload whose array a load's caller took away as it was built (``Machine``'s ``on_array``)."""
+
+    nbytes: int
+
+
+class PayloadReleased(UnreadableCheckpointError):
+    """The pickle builds a second array from the data of one taken away: load it again, keeping the data."""
+
+
 class LargeText:
     """A string of 1 MiB or more, never decoded into a ``str``.
 
@@ -221,6 +232,8 @@ def _as_dtype(value: Any, what: str) -> DType:
 
 
 def _as_buffer(value: Any, what: str) -> bytes | bytearray | npt.NDArray[np.uint8] | SkippedPayload:
+    if isinstance(value, ReleasedPayload):
+        raise PayloadReleased(f"{what}: its data was released with an earlier array")
     if isinstance(value, bytes | bytearray | SkippedPayload):
         return value
     if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 1:

@@ -337,8 +337,17 @@ class FileDigests:
 
     def __init__(self, paths: tuple[Path, ...], *, background: bool) -> None:
         self._paths = paths
+        self._background = background
         self._jobs = {p.name: _BackgroundDigest(p) for p in paths} if background else {}
         self._done: dict[str, str] = {}
+
+    def add(self, paths: tuple[Path, ...]) -> None:
+        """Hash these files too (the weight files a checkpoint names are known once it is loaded)."""
+        for path in paths:
+            if path not in self._paths:
+                self._paths += (path,)
+                if self._background:
+                    self._jobs[path.name] = _BackgroundDigest(path)
 
     def __call__(self) -> dict[str, str]:
         for name, job in list(self._jobs.items()):

@@ -108,6 +108,21 @@ class TraxCheckpoint:
         """Whether ``leaves`` is available without reading the side file again."""
         return self._leaves is not None
 
+    @property
+    def stored_arrays(self) -> list[Array | None]:
+        """The arrays held in memory, by leaf index (none for side files): a loader's caller may swap
+        one for an array of the same data (mapped from a file it spilled the data to)."""
+        return self._arrays if self._arrays is not None else []
+
+    def hold(self, leaves: list[Leaf], arrays: list[Array | None]) -> None:
+        """Keep these arrays (read from the side file by its caller) instead of reading the side file again."""
+        self._leaves, self._arrays = leaves, arrays
+
+    def release_all(self) -> None:
+        """Drop every array held (as ``iter_arrays(release=True)`` does one by one)."""
+        if self._arrays is not None:
+            self._arrays[:] = [None] * len(self._arrays)
+
     def holds_exactly(self, arrays: list[Array]) -> bool:
         """Whether the weights are exactly these array objects, in this order."""
         return (

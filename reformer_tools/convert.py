@@ -8,9 +8,12 @@ transformed once, written, and released. torch is imported only for the legacy
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import mmap
+import os
 import queue
 import threading
 import time
@@ -19,20 +22,21 @@ from contextlib import closing
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from reformer_tools import __version__
+from reformer_tools.allowlist import PayloadReleased
 from reformer_tools.byte_source import is_gzip
 from reformer_tools.checkpoint import CheckpointFormat, Leaf, TraxCheckpoint
 from reformer_tools.dtypes import WEIGHT_DTYPES, cast, itemsize, logical_name
-from reformer_tools.errors import MappingError, ReformerToolsError, UsageError
+from reformer_tools.errors import MappingError, OutputError, ReformerToolsError, UsageError
 from reformer_tools.loader import load_checkpoint
 from reformer_tools.mapper import TRANSFORMS, expected_slots, plan
 from reformer_tools.npy_records import side_file_candidates
-from reformer_tools.output import AtomicOutput
+from reformer_tools.output import AtomicOutput, scratch_file
 from reformer_tools.prefetch import Prefetch
 from reformer_tools.resolve import ConfigSources, ResolvedConfig
 from reformer_tools.safetensors_writer import (
@@ -378,6 +382,7 @@ def write_conversion(
         checkpoint, spec, kind, dtype=options.dtype, need_all_dtypes=options.max_shard_size is not None
     )
     protected = (checkpoint.path, *checkpoint.weight_files)
+    written: dict[str, _WrittenDigest] = {}
     with AtomicOutput(
         output, directory=kind is OutputKind.DIRECTORY, force=options.force, protected=protected
     ) as target:
@@ -401,10 +406,11 @@ def write_conversion(
                     options.max_shard_size,
                     _metadata(checkpoint, resolved, final=False),
                     lambda: _metadata(checkpoint, resolved, final=True),
+                    written,
                 )
         verified: list[VerifyReport] = []
         target.commit(_verifier(output, kind, lambda: (checkpoint, resolved), options, verified))
-    files = _describe_files(output, kind, names)
+    files = _describe_files(output, kind, names, written)
     return ConversionResult(output, kind, files, len(conversion.tensors), verified[0] if verified else None)
 
 
@@ -459,11 +465,50 @@ def dry_run(checkpoint: TraxCheckpoint, resolved: ResolvedConfig, output: Path, 
     return DryRun(conversion, sizes, refusal)
 
 
-def _describe_files(output: Path, kind: OutputKind, names: list[str]) -> tuple[OutputFile, ...]:
-    """Size and sha256 of every written file, read back from where it now is."""
+class _WrittenDigest:
+    """sha256 and size of a finished weights file, read back in a thread while ``commit`` syncs it to disk.
+
+    Verification rewrites only the model card, never a weights file, so the digest stays true.
+    """
+
+    def __init__(self, file: BinaryIO) -> None:
+        file.flush()
+        self._fd = os.dup(file.fileno())  # the output may close its own descriptor meanwhile
+        self._result: tuple[int, str] | None = None
+        self._thread = threading.Thread(target=self._run, name="sha256-out", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            digest = hashlib.sha256()
+            buffer = bytearray(_HASH_STEP)
+            view = memoryview(buffer)
+            offset = 0
+            while count := os.preadv(self._fd, [buffer], offset):
+                digest.update(view[:count])
+                offset += count
+            self._result = (offset, digest.hexdigest())
+        except OSError:
+            pass  # read back from the final file instead
+        finally:
+            os.close(self._fd)
+
+    def result(self) -> tuple[int, str] | None:
+        self._thread.join()
+        return self._result
+
+
+def _describe_files(
+    output: Path, kind: OutputKind, names: list[str], written: dict[str, _WrittenDigest] | None = None
+) -> tuple[OutputFile, ...]:
+    """Size and sha256 of every written file: hashed as it was finished, or read back from where it now is."""
     paths = [output / name for name in names] if kind is OutputKind.DIRECTORY else [output]
     files = []
     for name, path in zip(names, paths, strict=True):
+        known = written[name].result() if written is not None and name in written else None
+        if known is not None:
+            files.append(OutputFile(name, *known))
+            continue
         digest = hashlib.sha256()
         with open(path, "rb") as file:
             while chunk := file.read(_HASH_STEP):
@@ -513,8 +558,12 @@ def _write_safetensors(
     max_shard_size: int | None,
     placeholder: dict[str, str],
     final_metadata: Callable[[], dict[str, str]],
+    written: dict[str, _WrittenDigest],
 ) -> list[str]:
-    """Write the tensors as they come; the metadata (digests) is final only after the last one."""
+    """Write the tensors as they come; the metadata (digests) is final only after the last one.
+
+    ``written`` receives each weights file's digest, computed in a thread once the file is finished.
+    """
     specs = [TensorSpec(t.hf_key, t.target_shape, t.dtype) for t in conversion.tensors]
     shards = split_shards(specs, max_shard_size) if max_shard_size is not None else [specs]
     if conversion.kind is OutputKind.SAFETENSORS:
@@ -530,8 +579,9 @@ def _write_safetensors(
         shard_of[key].write(key, array, dtype)
         written_dtypes.add(dtype)
     final = final_metadata()
-    for writer in writers:
+    for name, writer in zip(names, writers, strict=True):
         writer.finish(final)
+        written[name] = _WrittenDigest(writer.file)
     if conversion.kind is OutputKind.DIRECTORY:
         if len(shards) > 1:
             total = sum(w.bytes_written for w in writers)
@@ -567,11 +617,42 @@ class _NotStreamable(Exception):
     """The weights did not arrive as the first arrays of the pickle, in order."""
 
 
-class _BackgroundLoad:
-    """``load_checkpoint`` in a thread, handing over each array as it is built."""
+#: Arrays the load builds ahead of the one being converted: a bound on what the two threads hold.
+_HANDOVER_DEPTH: Final = 2
+_POLL: Final = 0.1  # seconds between checks that the converting side still wants arrays
+#: Smaller arrays stay in memory when spilling: a page-aligned map each would cost more than they hold.
+_SPILL_MIN: Final = 1 << 16
 
-    def __init__(self, path: Path, max_decompressed: int | None) -> None:
-        self.arrays: queue.Queue[Array | None] = queue.Queue()  # None: the load has ended
+
+def _stand_in(array: Array) -> Array:
+    """An array of ``array``'s shape and dtype holding one element: what the loaded tree keeps in the
+    place of an array whose data went elsewhere (converted, or spilled to a file)."""
+    return np.lib.stride_tricks.as_strided(
+        np.zeros(1, dtype=array.dtype), array.shape, (0,) * array.ndim, writeable=False
+    )
+
+
+def _can_stand_in(array: Array) -> bool:
+    # A weight has a dimension; the loader converts a non-native array (a stand-in would give
+    # zeros) and the writers want C order. Other arrays keep their data.
+    return array.ndim > 0 and array.dtype.isnative and bool(array.flags.c_contiguous)
+
+
+class _BackgroundLoad:
+    """``load_checkpoint`` in a thread, handing the first ``count`` arrays over as they are built.
+
+    The loaded tree keeps a stand-in (shape and dtype, no data) for every array handed over and
+    for every later one (optimizer slots, state: only their shapes are described), so neither the
+    load nor the conversion holds more than a few arrays. Whether the handed arrays were the weights
+    is proved once the load ends: the weights it found must be exactly their stand-ins, in order.
+    """
+
+    def __init__(self, path: Path, max_decompressed: int | None, count: int) -> None:
+        self._arrays: queue.Queue[Array | None] = queue.Queue(maxsize=_HANDOVER_DEPTH)  # None: the load ended
+        self._left = count
+        self._abandoned = threading.Event()
+        self.stand_ins: list[Array] = []  # of the arrays handed over, in order
+        self.replaced = False  # whether the loaded tree holds any stand-in
         self._checkpoint: TraxCheckpoint | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(path, max_decompressed), name="load", daemon=True)
@@ -579,18 +660,45 @@ class _BackgroundLoad:
 
     def _run(self, path: Path, max_decompressed: int | None) -> None:
         try:
-            self._checkpoint = load_checkpoint(path, max_decompressed=max_decompressed, on_array=self.arrays.put)
+            self._checkpoint = load_checkpoint(path, max_decompressed=max_decompressed, on_array=self._hand_over)
         except BaseException as error:  # raised again in the caller's thread
             self._error = error
         finally:
-            self.arrays.put(None)
+            self._put(None)
 
-    def discard(self) -> None:
-        """Drop the arrays not taken (call after ``result``: no more arrive)."""
-        self.arrays = queue.Queue()
+    def _hand_over(self, array: Array) -> Array | None:
+        if not _can_stand_in(array):
+            return None
+        stand_in = _stand_in(array)
+        self.replaced = True
+        if self._left > 0 and not self._abandoned.is_set():
+            self._left -= 1
+            self.stand_ins.append(stand_in)
+            self._put(array)
+        return stand_in
+
+    def _put(self, item: Array | None) -> None:
+        while not self._abandoned.is_set():
+            try:
+                self._arrays.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
+
+    def take(self) -> Array | None:
+        """The next array handed over; None once the load has ended."""
+        return self._arrays.get()
+
+    def abandon(self) -> None:
+        """Stop handing arrays over (the load runs on, keeping stand-ins) and drop those waiting."""
+        self._abandoned.set()
+        while not self._arrays.empty():
+            self._arrays.get_nowait()
 
     def result(self) -> TraxCheckpoint:
         self._thread.join()
+        if isinstance(self._error, PayloadReleased):  # an array's data was needed again: read the file again
+            raise _NotStreamable
         if self._error is not None:
             raise self._error
         assert self._checkpoint is not None
@@ -603,32 +711,95 @@ def _tensors_as_built(
     """Transform arrays as the pickle builds them; at the end, prove they were the weights."""
     by_leaf = conversion.by_leaf()
     yield from _computed(spec, by_leaf.pop(COMPUTED, []), dtype)
-    used: list[Array] = []
     for index in range(len(by_leaf)):
         planned = by_leaf[index]
-        array = load.arrays.get()
-        if array is None or array.shape not in planned[0].source_shapes or not array.dtype.isnative:
+        array = load.take()
+        if array is None or array.shape not in planned[0].source_shapes:
             raise _NotStreamable
         source = logical_name(array.dtype)
         if source not in WEIGHT_DTYPES:  # the loader refuses such weights; here they were not the weights
             raise _NotStreamable
-        used.append(array)
         out_dtype = _out_dtype(source, dtype)
         transformed = cast(_transform(planned[0], array, scratch), source, out_dtype)
+        del array
         for tensor in planned:
             yield replace(tensor, dtype=out_dtype), transformed, out_dtype
-    if not load.result().holds_exactly(used):
+        del transformed
+    # The loaded weights are the stand-ins of the arrays written, in order: each stand-in was made
+    # for one array as the pickle built it, so the tree's weights are those arrays and no others.
+    checkpoint = load.result()
+    if not checkpoint.holds_exactly(load.stand_ins):
         raise _NotStreamable
+    checkpoint.release_all()  # the stand-ins hold no data: reading them must fail, not give zeros
 
 
-def _placeholder_metadata(path: Path, resolved: ResolvedConfig) -> dict[str, str]:
+class _Spill:
+    """Arrays written to an unlinked file beside the output as the pickle builds them.
+
+    Without a config, what each array becomes is known only once the load ends. Holding the arrays
+    until then costs the whole checkpoint in memory; spilled, they cost page cache, and come back
+    as read-only maps of the file's pages that the conversion releases one tensor at a time.
+    """
+
+    def __init__(self, output: Path) -> None:
+        self._output = output
+        self._fd = scratch_file(output)
+        self._size = 0
+        self._where: dict[int, tuple[Array, int]] = {}  # id(stand-in) -> (stand-in, offset in the file)
+
+    def __call__(self, array: Array) -> Array | None:
+        if not _can_stand_in(array) or array.nbytes < _SPILL_MIN:
+            return None
+        offset = self._size
+        data = array.reshape(-1).view(np.uint8).data
+        written = 0
+        try:
+            while written < len(data):
+                written += os.pwrite(self._fd, data[written:], offset + written)
+        except OSError as error:  # a full disk, most likely: the spill needs the weights' size beside the output
+            raise OutputError(
+                f"{self._output}: cannot spill the weights to a temporary file beside it ({error.strerror or error})"
+            ) from None
+        self._size = offset + -(-array.nbytes // mmap.ALLOCATIONGRANULARITY) * mmap.ALLOCATIONGRANULARITY
+        stand_in = _stand_in(array)
+        self._where[id(stand_in)] = (stand_in, offset)
+        return stand_in
+
+    def restore(self, checkpoint: TraxCheckpoint) -> None:
+        """Put every spilled weight back into ``checkpoint``, mapped from the file."""
+        arrays = checkpoint.stored_arrays
+        for index, array in enumerate(arrays):
+            entry = None if array is None else self._where.get(id(array))
+            if entry is not None and entry[0] is array:
+                mapped = mmap.mmap(self._fd, array.nbytes, offset=entry[1], access=mmap.ACCESS_READ)
+                arrays[index] = np.frombuffer(mapped, dtype=array.dtype).reshape(array.shape)
+        self._where.clear()
+
+    def close(self) -> None:
+        """Close the file; the maps handed out keep its pages until they are released."""
+        self._where.clear()
+        os.close(self._fd)
+
+
+def _load_spilled(path: Path, output: Path, max_decompressed: int | None) -> TraxCheckpoint:
+    """``load_checkpoint`` of a gzip pickle whose weights wait in a spill file, not in memory."""
+    spill = _Spill(output)
+    try:
+        checkpoint = load_checkpoint(path, max_decompressed=max_decompressed, on_array=spill)
+        spill.restore(checkpoint)
+    finally:
+        spill.close()
+    return checkpoint
+
+
+def _placeholder_metadata(path: Path, resolved: ResolvedConfig, side_files: tuple[Path, ...] = ()) -> dict[str, str]:
     """Metadata of the longest possible values, to reserve the header before the load ends.
 
     The config's provenance is known before the load only up to the releases the checkpoint turns
     out to come from: room is left for a longer text.
     """
     provenance = json.dumps(resolved.provenance(), sort_keys=True)
-    return {
+    metadata = {
         "format": "pt",
         "converted_by": f"reformer-tools {__version__}",
         "trax_format": max((f.value for f in CheckpointFormat), key=len),
@@ -637,6 +808,10 @@ def _placeholder_metadata(path: Path, resolved: ResolvedConfig) -> dict[str, str
         PROVENANCE_METADATA: provenance + " " * (len(provenance) + 4096),
         "trax_step": "9" * 24,
     }
+    for side in side_files:
+        if side != path:
+            metadata[f"weights_sha256:{side.name}"] = _DIGEST_PLACEHOLDER
+    return metadata
 
 
 def convert_checkpoint(
@@ -644,35 +819,36 @@ def convert_checkpoint(
 ) -> Conversion:
     """Load ``path``, resolve its config from ``sources`` and write ``output``; all or nothing.
 
-    Inflating a gzip checkpoint takes as long as writing it out again. When the config is known before
-    the checkpoint is read (a config.json), every tensor is transformed and written while the rest of
-    the file (optimizer slots, state) is still being inflated: every Trax format pickles the model's
-    weights first, in flat order. Once the load ends, the weights it found must be exactly the arrays
-    written, in that order, and the config resolved against the loaded checkpoint must be the one
-    used; if not (or if the weights live in side files), that output is discarded and the conversion
-    runs again from the loaded checkpoint. Plain pickles are memory-mapped and load at once; they,
-    sharded and .bin outputs take the ordinary way.
+    Inflating a gzip checkpoint is the floor; everything else hides behind it, holding about one tensor.
+    When the config is known before the checkpoint is read (a config.json), every tensor is transformed
+    and written as the pickle builds it, while the rest of the file (optimizer slots, state) is still
+    being inflated: every Trax format pickles the model's weights first, in flat order. The loaded tree
+    keeps stand-ins without data; once the load ends, its weights must be exactly the stand-ins of the
+    arrays written, in that order, and the config resolved against the loaded checkpoint must be the one
+    used; if not, that output is discarded and the file is converted the ordinary way. Weights in a side
+    file are streamed from it against the config. Without a config, a gzip pickle's arrays are spilled
+    to a file as they are built, and a side file's while its shapes are read, then converted from there.
+    Plain pickles are memory-mapped and load at once; they, sharded and .bin outputs take the ordinary way.
     """
     options = options or ConversionOptions()
     started = time.perf_counter()
     kind = options.kind_for(output)
+    gzip_file = is_gzip(path)
     streamable = (
         sources.config_path is not None
         and kind is not OutputKind.TORCH_BIN
         and options.max_shard_size is None
-        and is_gzip(path)
+        and gzip_file
     )
     if not streamable:
-        checkpoint = load_checkpoint(path, max_decompressed=options.max_decompressed)
-        resolved = sources.resolve(checkpoint)
-        result = write_conversion(checkpoint, resolved, output, options)
-        return Conversion(checkpoint, resolved, result, time.perf_counter() - started)
+        return _convert_loaded(path, output, sources, options, started, spill=gzip_file)
     early = sources.resolve(None)
     conversion = ConversionPlan(kind, plan_from_config(early.spec, options.dtype), streaming=True)
-    load = _BackgroundLoad(path, options.max_decompressed)
+    load = _BackgroundLoad(path, options.max_decompressed, len(expected_slots(early.spec).slots))
     protected = (path, *side_file_candidates(path))
     final: list[ResolvedConfig] = []
     verified: list[VerifyReport] = []
+    written: dict[str, _WrittenDigest] = {}
 
     def finish() -> ResolvedConfig:
         if not final:
@@ -696,14 +872,138 @@ def convert_checkpoint(
                 None,
                 _placeholder_metadata(path, early),
                 lambda: _metadata(load.result(), finish(), final=True),
+                written,
             )
             target.commit(_verifier(output, kind, lambda: (load.result(), finish()), options, verified))
     except _NotStreamable:
-        checkpoint = load.result()
-        load.discard()  # so the ordinary conversion can release each array after writing it
-        resolved = sources.resolve(checkpoint)
-        result = write_conversion(checkpoint, resolved, output, options)
-        return Conversion(checkpoint, resolved, result, time.perf_counter() - started)
-    files = _describe_files(output, kind, names)
+        load.abandon()
+        loaded = None
+        with contextlib.suppress(_NotStreamable):  # read again below, keeping the data
+            loaded = load.result()  # the load's own error, if it failed
+        # A load that kept stand-ins must be read again; one that kept everything (the weights are in
+        # a side file) is converted as it is, streaming the side file against the config.
+        reuse = loaded if loaded is not None and not load.replaced else None
+        return _convert_loaded(path, output, sources, options, started, spill=True, loaded=reuse, early=early)
+    finally:
+        load.abandon()  # on any error: the load thread must not wait for a taker
+    files = _describe_files(output, kind, names, written)
     result = ConversionResult(output, kind, files, len(conversion.tensors), verified[0] if verified else None)
     return Conversion(load.result(), finish(), result, time.perf_counter() - started)
+
+
+def _convert_loaded(
+    path: Path,
+    output: Path,
+    sources: ConfigSources,
+    options: ConversionOptions,
+    started: float,
+    *,
+    spill: bool,
+    loaded: TraxCheckpoint | None = None,
+    early: ResolvedConfig | None = None,
+) -> Conversion:
+    """Load (unless ``loaded``), resolve, then convert; a gzip pickle's arrays are spilled to a file while it
+    loads. Side files are inflated once: streamed against ``early`` (the config.json's config) when given,
+    else spilled while their shapes are read for the config."""
+    checkpoint = loaded
+    if checkpoint is None and spill:
+        with contextlib.suppress(PayloadReleased):  # then loaded again below, keeping the data
+            checkpoint = _load_spilled(path, output, options.max_decompressed)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(path, max_decompressed=options.max_decompressed)
+    side_file = not checkpoint.leaves_known
+    if side_file:
+        if early is not None:
+            with contextlib.suppress(_NotStreamable):  # then converted again from the config it resolves to
+                return _convert_side_file(checkpoint, early, sources, output, options, started)
+        else:
+            _spill_side_file(checkpoint, output)
+    read = side_file and checkpoint.leaves_known
+    resolved = _resolve_as_if_unread(sources, checkpoint) if read else sources.resolve(checkpoint)
+    result = write_conversion(checkpoint, resolved, output, options)
+    return Conversion(checkpoint, resolved, result, time.perf_counter() - started)
+
+
+def _resolve_as_if_unread(sources: ConfigSources, checkpoint: TraxCheckpoint) -> ResolvedConfig:
+    """The config of a checkpoint whose side file has been read, resolved as if it had not been.
+
+    Resolving takes release clues from the weights' layout only when they are at hand, not worth
+    inflating a side file for; ``inspect`` and ``verify`` resolve so. Reading the side file early
+    (to inflate it once) must not change what the config says: its shapes are replayed when asked.
+    """
+    leaves = list(checkpoint.leaves)
+
+    def replay(headers_only: bool) -> Iterator[tuple[Leaf, Array]]:
+        for leaf in leaves:
+            yield leaf, np.empty(0, dtype=np.uint8)
+
+    return sources.resolve(replace(checkpoint, _leaves=None, _arrays=None, _records=replay))
+
+
+def _spill_side_file(checkpoint: TraxCheckpoint, output: Path) -> None:
+    """Read a side file's arrays once, into a spill file: its shapes decide the config, then the
+    conversion reads the arrays from there instead of inflating the file a second time."""
+    spill = _Spill(output)
+    try:
+        leaves: list[Leaf] = []
+        arrays: list[Array | None] = []
+        for leaf, array in checkpoint.iter_arrays():
+            stand_in = spill(array)
+            leaves.append(leaf)
+            arrays.append(array if stand_in is None else stand_in)
+            del array
+        checkpoint.hold(leaves, arrays)
+        spill.restore(checkpoint)
+    finally:
+        spill.close()
+
+
+def _convert_side_file(
+    checkpoint: TraxCheckpoint,
+    early: ResolvedConfig,
+    sources: ConfigSources,
+    output: Path,
+    options: ConversionOptions,
+    started: float,
+) -> Conversion:
+    """Convert a side file as it is inflated, planned from the config.json alone (``early``).
+
+    Each array's shape is checked as it arrives; once the file is read, the config is resolved against
+    the checkpoint (its shapes, releases and config.gin) and must be the one used, or ``_NotStreamable``
+    is raised before anything is put in place.
+    """
+    kind = options.kind_for(output)
+    conversion = ConversionPlan(kind, plan_from_config(early.spec, options.dtype), streaming=True)
+    final: list[ResolvedConfig] = []
+    verified: list[VerifyReport] = []
+    written: dict[str, _WrittenDigest] = {}
+
+    def finish() -> ResolvedConfig:
+        if not final:
+            resolved = _resolve_as_if_unread(sources, checkpoint)  # the side file has been read
+            if resolved.spec != early.spec:
+                raise _NotStreamable
+            final.append(resolved)
+        return final[0]
+
+    protected = (checkpoint.path, *checkpoint.weight_files)
+    with AtomicOutput(
+        output, directory=kind is OutputKind.DIRECTORY, force=options.force, protected=protected
+    ) as target:
+        scratch = _scratch_for(conversion, _PIPELINE_DEPTH + 2)
+        tensors = _stream_tensors(checkpoint, early.spec, conversion, options.dtype, scratch)
+        with closing(Prefetch(tensors, depth=_PIPELINE_DEPTH)) as stream:
+            names = _write_safetensors(
+                lambda: (checkpoint, finish()),
+                conversion,
+                target,
+                _reporting(stream, conversion, options.on_progress),
+                None,
+                _placeholder_metadata(checkpoint.path, early, checkpoint.weight_files),
+                lambda: _metadata(checkpoint, finish(), final=True),
+                written,
+            )
+        target.commit(_verifier(output, kind, lambda: (checkpoint, finish()), options, verified))
+    files = _describe_files(output, kind, names, written)
+    result = ConversionResult(output, kind, files, len(conversion.tensors), verified[0] if verified else None)
+    return Conversion(checkpoint, finish(), result, time.perf_counter() - started)

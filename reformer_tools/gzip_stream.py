@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - exercised where isal has no wheel
 
 _GZIP_WBITS: Final = 31  # zlib: expect a gzip header and trailer
 _CHUNK: Final = 4 << 20
-_AHEAD: Final = 2  # decompressed pieces queued ahead of the consumer (~8 MiB)
+_AHEAD: Final = 4  # decompressed pieces queued ahead of the consumer (~16 MiB)
 GZIP_MAGIC: Final = b"\x1f\x8b"
 _DEFLATE: Final = 8  # the only compression method RFC 1952 defines
 _RESERVED_FLAGS: Final = 0xE0  # FLG bits 5-7: "reserved, must be zero"

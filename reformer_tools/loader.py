@@ -89,7 +89,7 @@ def load_checkpoint(
     *,
     max_decompressed: int | None = None,
     data: bool = True,
-    on_array: Callable[[Array], None] | None = None,
+    on_array: Callable[[Array], Array | None] | None = None,
 ) -> TraxCheckpoint:
     """Load a Trax checkpoint of any era. Errors name the file and the problem.
 
@@ -97,17 +97,20 @@ def load_checkpoint(
     inflated and dropped instead of kept, so memory stays small; ``iter_arrays``
     is then unavailable. ``on_array`` sees every array of the main pickle that
     can be a weight (floating point; uint16 bfloat16 bits) as it is built, in file
-    order, before the load finishes (weights and the rest alike).
+    order, before the load finishes (weights and the rest alike); an array it returns takes that
+    array's place in what is loaded (a stand-in, when the caller keeps the data elsewhere).
     Every format must hold at least one weight array, and every weight array
     must be floating point (uint16 arrays are bfloat16 bit patterns, as in Trax).
     """
     path = Path(path)
+    # With data, hash the files in threads while the file loads and the caller converts: the
+    # digests go into the output's metadata. Inflating a gzip file takes longer than hashing it.
+    digests = FileDigests((path,), background=data)
     try:
         checkpoint = _load(path, max_decompressed, data, on_array)
         checkpoint.has_data = data
-        # With data, hash the files in threads while the caller converts: the digests go
-        # into the output's metadata, and the files are in the page cache by now.
-        checkpoint._digests = FileDigests((path, *checkpoint.weight_files), background=data)
+        digests.add(checkpoint.weight_files)
+        checkpoint._digests = digests
         return checkpoint
     except ReformerToolsError as error:
         raise with_file(error, path) from None
@@ -116,7 +119,7 @@ def load_checkpoint(
 
 
 def _load(
-    path: Path, max_decompressed: int | None, data: bool, on_array: Callable[[Array], None] | None
+    path: Path, max_decompressed: int | None, data: bool, on_array: Callable[[Array], Array | None] | None
 ) -> TraxCheckpoint:
     opened = open_file(path, max_decompressed, map_payloads=True, keep_payloads=data)
     try:
@@ -140,7 +143,7 @@ def _load(
     )
 
 
-def _run_pickle(opened: OpenFile, on_array: Callable[[Array], None] | None = None) -> Any:
+def _run_pickle(opened: OpenFile, on_array: Callable[[Array], Array | None] | None = None) -> Any:
     obj = safe_pickle.Machine(opened.source, on_array=on_array).load()
     opened.check_end()
     return obj

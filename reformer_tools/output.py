@@ -70,6 +70,32 @@ def rename2(source: Path, destination: Path, flags: int) -> None:
         raise OSError(code, os.strerror(code), str(source), None, str(destination))
 
 
+_SYNC_FILE_RANGE_WRITE: Final = 2  # start writing the range's dirty pages; do not wait
+
+
+def _load_sync_file_range() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int, start: int, end: int) -> None:
+    """Start writing bytes [start, end) of a file to disk, without waiting for them.
+
+    Dirty pages otherwise wait for the kernel's flusher, and then all of a large output for the
+    fsync in ``commit``. Errors are left to that fsync, which reports them.
+    """
+    if _sync_file_range is not None and end > start:
+        _sync_file_range(fd, start, end - start, _SYNC_FILE_RANGE_WRITE)
+
+
 def previous_output(directory: Path) -> tuple[str, ...] | None:
     """The names in a previous conversion's directory, or None if it holds anything else (or is unreadable)."""
     names = []
@@ -127,6 +153,23 @@ def _nearest_existing(path: Path) -> Path:
         if candidate.is_dir():
             return candidate
     return Path.cwd()
+
+
+def scratch_file(near: Path) -> int:
+    """An unlinked read-write file on the filesystem that will hold ``near`` (its nearest existing
+    folder): data spilled there goes to the page cache and disk, not the process's memory, and
+    vanishes with the last descriptor or mapping, whatever happens to the process."""
+    workdir = _nearest_existing(near.parent)
+    try:
+        return os.open(workdir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except (AttributeError, OSError):
+        temp_path = workdir / f".{near.name}.{secrets.token_hex(4)}.spill"
+        try:
+            fd = os.open(temp_path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise OutputError(f"{near}: cannot create a file in {workdir} ({error.strerror})") from None
+        temp_path.unlink()
+        return fd
 
 
 @dataclass

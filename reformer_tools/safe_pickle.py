@@ -23,8 +23,10 @@ from reformer_tools.allowlist import (
     CorruptPickle,
     Global,
     LargeText,
+    PayloadReleased,
     Pending,
     RefusedPickle,
+    ReleasedPayload,
     SkippedPayload,
     require,
     type_name,
@@ -54,6 +56,9 @@ _MAX_CONTAINER_ITEMS: Final = 1 << 28
 _TEXT_CHUNK: Final = 4 << 20
 _SET_COST: Final = 4
 _SIMPLE_KEYS: Final = frozenset({str, bytes, int, float, bool, type(None)})
+#: Items of the tuples an array is rebuilt from (its state, frombuffer's arguments): the memo's hold on
+#: an array's data through them is dropped with the array.
+_STATE_ITEMS: Final = 6
 
 _U1: Final = struct.Struct("<B").unpack
 _U2: Final = struct.Struct("<H").unpack
@@ -127,15 +132,20 @@ class Machine:
     globals without loading is :mod:`reformer_tools.global_scan`.
     """
 
-    def __init__(self, source: ByteSource, *, on_array: Callable[[npt.NDArray[Any]], None] | None = None) -> None:
+    def __init__(
+        self, source: ByteSource, *, on_array: Callable[[npt.NDArray[Any]], npt.NDArray[Any] | None] | None = None
+    ) -> None:
         self._source = source
         # Called with every array that can be a weight (floating point, or uint16 bfloat16 bits)
-        # as soon as it is built, in file order.
+        # as soon as it is built, in file order. What it returns (if not None) takes the array's
+        # place in the object being built, so the caller can take the data away as it arrives.
         self._on_array = on_array
         self._stack: list[Any] = []
         self._marks: list[list[Any]] = []
         self._memo: dict[int, Any] = {}
         self._pending_memo: dict[int, list[int]] = {}
+        # id(large payload) -> its memo indices: the memo must let go of an array's data taken away.
+        self._payload_memo: dict[int, list[int]] = {}
         self._text_budget = MAX_TEXT_BYTES
         self._key_budget = MAX_KEY_ITEMS
         # id(tuple) -> (the tuple, items counted with repeats, nesting): each key tuple is measured once.
@@ -176,6 +186,7 @@ class Machine:
             self._stack.clear()
             self._marks.clear()
             self._pending_memo.clear()
+            self._payload_memo.clear()
             self._key_sizes.clear()
 
     # ---- dispatch: keyed on pickle's own opcode constants, families folded into one handler each
@@ -565,7 +576,10 @@ class Machine:
         position = index()
         if position not in self._memo:
             raise CorruptPickle(f"memo entry {position} is missing")
-        self._push(self._memo[position])
+        value = self._memo[position]
+        if isinstance(value, ReleasedPayload):
+            raise PayloadReleased(f"the pickle uses the data of an array again (memo entry {position})")
+        self._push(value)
 
     def _op_put(self, index: Callable[[], int]) -> None:
         self._memo_put(index())
@@ -579,6 +593,8 @@ class Machine:
         self._memo[index] = value
         if isinstance(value, Pending):
             self._pending_memo.setdefault(id(value), []).append(index)
+        elif self._on_array is not None and (payload := _payload_in(value)) is not None:
+            self._payload_memo.setdefault(id(payload), []).append(index)
 
     # ---- globals and object construction
 
@@ -616,10 +632,24 @@ class Machine:
         # when the load ends, and the early output with it).
         if self._on_array is not None:
             if isinstance(value, np.ndarray) and logical_name(value.dtype) in WEIGHT_DTYPES:
-                self._on_array(value)
+                stand_in = self._on_array(value)
+                if stand_in is not None:
+                    self._release(value.base)
+                    return stand_in
             elif isinstance(value, BFloat16Array):
-                self._on_array(value.bits)
+                stand_in = self._on_array(value.bits)
+                if stand_in is not None:
+                    self._release(value.bits.base)
+                    return BFloat16Array(stand_in)
         return value
+
+    def _release(self, payload: object) -> None:
+        """Drop the memo's hold on the data of an array taken away (pickle memoizes every bytes object)."""
+        if not isinstance(payload, np.ndarray):
+            return
+        for index in self._payload_memo.pop(id(payload), ()):
+            if _payload_in(self._memo.get(index)) is payload:
+                self._memo[index] = ReleasedPayload(payload.nbytes)
 
     def _op_newobj(self) -> None:
         args = self._pop()
@@ -651,6 +681,15 @@ class Machine:
         self._stack[-1] = result
         for index in self._pending_memo.pop(id(target), ()):
             self._memo[index] = result
+
+
+def _payload_in(value: Any) -> npt.NDArray[np.uint8] | None:
+    """The large payload ``value`` is or holds as an array's state or arguments (short tuples), if any."""
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 1:
+        return value
+    if type(value) is tuple and len(value) <= _STATE_ITEMS:
+        return next((item for item in value if isinstance(item, np.ndarray) and item.dtype == np.uint8), None)
+    return None
 
 
 def _resolve_global(module: str, name: str) -> Global:

@@ -13,12 +13,14 @@ import numpy as np
 import numpy.typing as npt
 
 from reformer_tools.dtypes import DTYPES, itemsize
+from reformer_tools.output import start_writeback
 
 #: Logical dtype -> safetensors dtype name.
 SAFETENSORS_DTYPES: Final = {name: info.safetensors for name, info in DTYPES.items() if info.safetensors is not None}
 _WIDEST_NAME: Final = max(SAFETENSORS_DTYPES.values(), key=len)
 _WIDEST_ITEMSIZE: Final = 8
 _ALIGNMENT: Final = 8
+_WRITEBACK_STEP: Final = 32 << 20  # bytes written between starts of their writeback to disk
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,16 @@ class SafetensorsWriter:
         self._reserved = reserved_header_size(self._specs, metadata)
         self._entries: list[tuple[str, str, tuple[int, ...], int, int]] = []
         self._position = 0
+        self._synced = 0  # tensor bytes whose writeback has been started
         file.write(b"\0" * (8 + self._reserved))
+        try:
+            self._fd: int | None = file.fileno()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+            self._fd = None
+
+    @property
+    def file(self) -> BinaryIO:
+        return self._file
 
     @property
     def bytes_written(self) -> int:
@@ -92,6 +103,12 @@ class SafetensorsWriter:
             self._file.write(data.reshape(-1).view(np.uint8).data)
         self._entries.append((key, SAFETENSORS_DTYPES[dtype], spec.shape, self._position, self._position + nbytes))
         self._position += nbytes
+        if self._fd is not None and self._position - self._synced >= _WRITEBACK_STEP:
+            # Written to disk while the rest is converted, the output's fsync finds little left.
+            self._file.flush()
+            start = 8 + self._reserved
+            start_writeback(self._fd, start + self._synced, start + self._position)
+            self._synced = self._position
 
     def finish(self, metadata: Mapping[str, str]) -> None:
         """Write the real header into the reserved space."""
