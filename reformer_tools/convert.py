@@ -43,6 +43,7 @@ from reformer_tools.safetensors_writer import (
     split_shards,
 )
 from reformer_tools.spec import ReformerSpec
+from reformer_tools.write_behind import Once
 
 if TYPE_CHECKING:
     from reformer_tools.verification import VerifyReport
@@ -384,6 +385,7 @@ def write_conversion(
         # Read and transform the next tensor while this one is written. torch.save keeps every
         # tensor, so the .bin output cannot reuse buffers; safetensors writes each one at once.
         scratch = None if kind is OutputKind.TORCH_BIN else _scratch_for(conversion, _PIPELINE_DEPTH + 2)
+        digests: dict[str, str] = {}
         tensors = _stream_tensors(checkpoint, spec, conversion, options.dtype, scratch)
         with closing(Prefetch(tensors, depth=_PIPELINE_DEPTH)) as stream:
             reported = _reporting(stream, conversion, options.on_progress)
@@ -401,10 +403,11 @@ def write_conversion(
                     options.max_shard_size,
                     _metadata(checkpoint, resolved, final=False),
                     lambda: _metadata(checkpoint, resolved, final=True),
+                    digests,
                 )
         verified: list[VerifyReport] = []
         target.commit(_verifier(output, kind, lambda: (checkpoint, resolved), options, verified))
-    files = _describe_files(output, kind, names)
+    files = _describe_files(output, kind, names, digests)
     return ConversionResult(output, kind, files, len(conversion.tensors), verified[0] if verified else None)
 
 
@@ -459,11 +462,16 @@ def dry_run(checkpoint: TraxCheckpoint, resolved: ResolvedConfig, output: Path, 
     return DryRun(conversion, sizes, refusal)
 
 
-def _describe_files(output: Path, kind: OutputKind, names: list[str]) -> tuple[OutputFile, ...]:
-    """Size and sha256 of every written file, read back from where it now is."""
+def _describe_files(
+    output: Path, kind: OutputKind, names: list[str], known: dict[str, str] | None = None
+) -> tuple[OutputFile, ...]:
+    """Size and sha256 of every written file, read back from where it now is (unless hashed as written)."""
     paths = [output / name for name in names] if kind is OutputKind.DIRECTORY else [output]
     files = []
     for name, path in zip(names, paths, strict=True):
+        if known and name in known:
+            files.append(OutputFile(name, path.stat().st_size, known[name]))
+            continue
         digest = hashlib.sha256()
         with open(path, "rb") as file:
             while chunk := file.read(_HASH_STEP):
@@ -513,25 +521,40 @@ def _write_safetensors(
     max_shard_size: int | None,
     placeholder: dict[str, str],
     final_metadata: Callable[[], dict[str, str]],
+    digests: dict[str, str] | None = None,
 ) -> list[str]:
-    """Write the tensors as they come; the metadata (digests) is final only after the last one."""
+    """Write the tensors as they come; the metadata (digests) is final only after the last one.
+
+    ``digests``: hash each weights file while it is written (its header must then be known from the
+    plan) and put the sha256 found there by name, so it need not be read back.
+    """
     specs = [TensorSpec(t.hf_key, t.target_shape, t.dtype) for t in conversion.tensors]
     shards = split_shards(specs, max_shard_size) if max_shard_size is not None else [specs]
     if conversion.kind is OutputKind.SAFETENSORS:
         names = [target.target.name]
     else:
         names = shard_names(len(shards)) if max_shard_size is not None else ["model.safetensors"]
+    final_metadata = Once(final_metadata)  # the hashing threads and this one see the same values
+    follow = final_metadata if digests is not None else None
     writers = [
-        SafetensorsWriter(target.open(name), shard, placeholder) for name, shard in zip(names, shards, strict=True)
+        SafetensorsWriter(target.open(name), shard, placeholder, final_metadata=follow)
+        for name, shard in zip(names, shards, strict=True)
     ]
     shard_of = {spec.key: writers[i] for i, shard in enumerate(shards) for spec in shard}
     written_dtypes = set()
-    for key, array, dtype in tensors:
-        shard_of[key].write(key, array, dtype)
-        written_dtypes.add(dtype)
-    final = final_metadata()
-    for writer in writers:
-        writer.finish(final)
+    try:
+        for key, array, dtype in tensors:
+            shard_of[key].write(key, array, dtype)
+            written_dtypes.add(dtype)
+        final = final_metadata()
+        for writer in writers:
+            writer.finish(final)
+    except BaseException:
+        for writer in writers:
+            writer.abandon()
+        raise
+    if digests is not None:
+        digests.update((name, w.sha256) for name, w in zip(names, writers, strict=True) if w.sha256 is not None)
     if conversion.kind is OutputKind.DIRECTORY:
         if len(shards) > 1:
             total = sum(w.bytes_written for w in writers)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Final
 
@@ -13,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from reformer_tools.dtypes import DTYPES, itemsize
+from reformer_tools.write_behind import WRITEBACK_STEP, FollowingDigest, start_writeback
 
 #: Logical dtype -> safetensors dtype name.
 SAFETENSORS_DTYPES: Final = {name: info.safetensors for name, info in DTYPES.items() if info.safetensors is not None}
@@ -41,12 +43,7 @@ def reserved_header_size(specs: Sequence[TensorSpec], metadata: Mapping[str, str
     """Bytes to reserve for the header: exact when every dtype is known, else a bound."""
     offsets: list[tuple[str, str, tuple[int, ...], int, int]] = []
     if all(spec.dtype is not None for spec in specs):
-        position = 0
-        for spec in specs:
-            assert spec.dtype is not None
-            end = position + math.prod(spec.shape) * itemsize(spec.dtype)
-            offsets.append((spec.key, SAFETENSORS_DTYPES[spec.dtype], spec.shape, position, end))
-            position = end
+        offsets = _planned_entries(specs)
     else:
         bound = sum(math.prod(spec.shape) for spec in specs) * _WIDEST_ITEMSIZE
         offsets = [(spec.key, _WIDEST_NAME, spec.shape, bound, bound) for spec in specs]
@@ -63,14 +60,33 @@ class SafetensorsWriter:
     the real header, padded with spaces as the format allows, is written last.
     """
 
-    def __init__(self, file: BinaryIO, specs: Sequence[TensorSpec], metadata: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        file: BinaryIO,
+        specs: Sequence[TensorSpec],
+        metadata: Mapping[str, str],
+        *,
+        final_metadata: Callable[[], Mapping[str, str]] | None = None,
+    ) -> None:
         self._file = file
         self._specs = list(specs)
         # Metadata values not known yet (digests) get their final length reserved.
         self._reserved = reserved_header_size(self._specs, metadata)
         self._entries: list[tuple[str, str, tuple[int, ...], int, int]] = []
         self._position = 0
-        file.write(b"\0" * (8 + self._reserved))
+        self._data_start = 8 + self._reserved
+        file.write(b"\0" * self._data_start)
+        self.sha256: str | None = None  # the file's digest, when it could be computed while writing
+        self._fd = _fileno(file)
+        self._writeback_from = 0
+        self._follower: FollowingDigest | None = None
+        if final_metadata is not None and self._fd is not None and all(s.dtype is not None for s in self._specs):
+            # Every offset is known from the plan: the header is final as soon as the metadata is,
+            # so a thread can hash the file while it is written (final_metadata may block until then).
+            planned = _planned_entries(self._specs)
+            self._follower = FollowingDigest(
+                self._fd, self._data_start, lambda: self._header_bytes(planned, final_metadata())
+            )
 
     @property
     def bytes_written(self) -> int:
@@ -92,19 +108,66 @@ class SafetensorsWriter:
             self._file.write(data.reshape(-1).view(np.uint8).data)
         self._entries.append((key, SAFETENSORS_DTYPES[dtype], spec.shape, self._position, self._position + nbytes))
         self._position += nbytes
+        if self._fd is not None:
+            self._written_behind()
+
+    def _written_behind(self) -> None:
+        """Hand what is written to the hashing thread, and start the writeback of each full stretch."""
+        assert self._fd is not None
+        self._file.flush()
+        end = self._data_start + self._position
+        if self._follower is not None:
+            self._follower.advance(end)
+        if end - self._writeback_from >= WRITEBACK_STEP:
+            start_writeback(self._fd, self._writeback_from, end - self._writeback_from)
+            self._writeback_from = end
+
+    def _header_bytes(
+        self, entries: Sequence[tuple[str, str, tuple[int, ...], int, int]], metadata: Mapping[str, str]
+    ) -> bytes:
+        """The first ``8 + reserved`` bytes of the file: length, JSON header, space padding."""
+        header = _header(entries, metadata)
+        if len(header) > self._reserved:
+            raise ValueError("safetensors header outgrew its reservation")
+        header += b" " * (self._reserved - len(header))
+        return struct.pack("<Q", len(header)) + header
 
     def finish(self, metadata: Mapping[str, str]) -> None:
         """Write the real header into the reserved space."""
         if len(self._entries) != len(self._specs):
             raise ValueError(f"{len(self._specs) - len(self._entries)} planned tensors were never written")
-        header = _header(self._entries, metadata)
-        if len(header) > self._reserved:
-            raise ValueError("safetensors header outgrew its reservation")
-        header += b" " * (self._reserved - len(header))
+        prefix = self._header_bytes(self._entries, metadata)
         self._file.flush()
         self._file.seek(0)
-        self._file.write(struct.pack("<Q", len(header)) + header)
+        self._file.write(prefix)
         self._file.flush()
+        if self._follower is not None:
+            # The thread hashed its own copy of the header: the digest holds only if it is this one.
+            self.sha256 = self._follower.result(prefix, self._data_start + self._position)
+
+    def abandon(self) -> None:
+        """The file is being discarded: stop hashing it."""
+        if self._follower is not None:
+            self._follower.abandon()
+
+
+def _planned_entries(specs: Sequence[TensorSpec]) -> list[tuple[str, str, tuple[int, ...], int, int]]:
+    """The header entries of ``specs`` written in order (every dtype known)."""
+    entries = []
+    position = 0
+    for spec in specs:
+        assert spec.dtype is not None
+        end = position + math.prod(spec.shape) * itemsize(spec.dtype)
+        entries.append((spec.key, SAFETENSORS_DTYPES[spec.dtype], spec.shape, position, end))
+        position = end
+    return entries
+
+
+def _fileno(file: BinaryIO) -> int | None:
+    try:
+        return file.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
 
 
 def split_shards(specs: Sequence[TensorSpec], max_bytes: int) -> list[list[TensorSpec]]:
