@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reformer_tools.mapper import HEADS_IN, HEADS_OUT, TRANSFORMS, TRANSPOSE, Transform
-from reformer_tools.transpose import MIN_BLOCKED_BYTES, contiguous, copy_into, strip_width
+from reformer_tools.transpose import contiguous, copy_into, strip_width, worth_blocking
 
 Array = npt.NDArray[Any]
 # bfloat16 is stored as its uint16 bits; float64 has the wide strip.
@@ -44,12 +44,23 @@ def test_blocked_transpose_equals_numpy(rows: int, cols: int, dtype: Any, seed: 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
-    "shape",
-    [(1, 70_000), (70_000, 1), (257, 259), (1024, 65), (65, 1024), (2, 33_000), (4096 + 3, 17)],
+    ("shape", "blocked"),
+    [
+        ((1, 70_000), False),
+        ((70_000, 1), False),
+        ((257, 259), False),
+        ((1024, 65), False),
+        ((65, 1024), True),
+        ((2, 33_000), False),
+        ((20, 3_300), True),
+        ((17, 4099), True),
+        ((600, 513), True),
+        ((4096 + 3, 17), False),
+    ],
 )
-def test_blocked_path_for_large_and_odd_shapes(shape: tuple[int, int], dtype: Any) -> None:
+def test_blocked_path_for_large_and_odd_shapes(shape: tuple[int, int], blocked: bool, dtype: Any) -> None:
     a = _random(shape, dtype, 1)
-    assert a.nbytes >= MIN_BLOCKED_BYTES or shape == (257, 259)
+    assert worth_blocking(a.T) is blocked
     out = np.empty(shape[::-1], dtype=dtype)
     assert _same(copy_into(out, a.T), np.ascontiguousarray(a.T))
 
@@ -73,9 +84,9 @@ def test_any_permutation_and_non_contiguous_source(
 
 
 def test_large_non_contiguous_views_take_the_blocked_path() -> None:
-    base = _random((600, 800), np.float32, 4)
+    base = _random((600, 1800), np.float32, 4)
     for view in (base[::2, ::3].T, base[:, ::-1].T, base[::-1].T, base[100:500, 7:700].T):
-        assert view.nbytes >= MIN_BLOCKED_BYTES
+        assert worth_blocking(view)
         out = np.empty(view.shape, dtype=view.dtype)
         assert _same(copy_into(out, view), np.ascontiguousarray(view))
 
