@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from reformer_tools.dtypes import DTYPES, itemsize
-from reformer_tools.write_behind import WRITEBACK_STEP, FollowingDigest, start_writeback
+from reformer_tools.write_behind import FollowingDigest
 
 #: Logical dtype -> safetensors dtype name.
 SAFETENSORS_DTYPES: Final = {name: info.safetensors for name, info in DTYPES.items() if info.safetensors is not None}
@@ -77,15 +77,14 @@ class SafetensorsWriter:
         self._data_start = 8 + self._reserved
         file.write(b"\0" * self._data_start)
         self.sha256: str | None = None  # the file's digest, when it could be computed while writing
-        self._fd = _fileno(file)
-        self._writeback_from = 0
+        fd = _fileno(file)
         self._follower: FollowingDigest | None = None
-        if final_metadata is not None and self._fd is not None and all(s.dtype is not None for s in self._specs):
+        if final_metadata is not None and fd is not None and all(s.dtype is not None for s in self._specs):
             # Every offset is known from the plan: the header is final as soon as the metadata is,
             # so a thread can hash the file while it is written (final_metadata may block until then).
             planned = _planned_entries(self._specs)
             self._follower = FollowingDigest(
-                self._fd, self._data_start, lambda: self._header_bytes(planned, final_metadata())
+                fd, self._data_start, lambda: self._header_bytes(planned, final_metadata())
             )
 
     @property
@@ -108,19 +107,9 @@ class SafetensorsWriter:
             self._file.write(data.reshape(-1).view(np.uint8).data)
         self._entries.append((key, SAFETENSORS_DTYPES[dtype], spec.shape, self._position, self._position + nbytes))
         self._position += nbytes
-        if self._fd is not None:
-            self._written_behind()
-
-    def _written_behind(self) -> None:
-        """Hand what is written to the hashing thread, and start the writeback of each full stretch."""
-        assert self._fd is not None
-        self._file.flush()
-        end = self._data_start + self._position
         if self._follower is not None:
-            self._follower.advance(end)
-        if end - self._writeback_from >= WRITEBACK_STEP:
-            start_writeback(self._fd, self._writeback_from, end - self._writeback_from)
-            self._writeback_from = end
+            self._file.flush()  # the hashing thread reads the file's descriptor
+            self._follower.advance(self._data_start + self._position)
 
     def _header_bytes(
         self, entries: Sequence[tuple[str, str, tuple[int, ...], int, int]], metadata: Mapping[str, str]

@@ -1,16 +1,14 @@
-"""Work that follows a file being written, on the second core: its sha256, and starting its writeback.
+"""Work that follows a file being written, on the second core: its sha256.
 
-A conversion used to read every output file back after the commit to hash it (as long as
-hashing the checkpoint itself), and the commit's fsync then waited for the whole output to
-reach the disk. Here the hash is computed while the file is written, by a thread reading
-behind the writer (hashlib and ``pread`` release the GIL), and the kernel is asked to start
-writing each stretch back as soon as it is complete, so the final fsync has little left.
+A conversion used to read every output file back after the commit to hash it, which takes as
+long as hashing the checkpoint itself, with nothing else left to overlap it. Here the hash is
+computed while the file is written, by a thread reading behind the writer (hashlib and
+``pread`` release the GIL).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import os
 import threading
@@ -20,9 +18,6 @@ from typing import Final, Generic, TypeVar
 T = TypeVar("T")
 
 _CHUNK: Final = 8 << 20  # bytes hashed per read-back
-#: Bytes written before their writeback is started: large enough to be one sequential I/O.
-WRITEBACK_STEP: Final = 32 << 20
-_SYNC_FILE_RANGE_WRITE: Final = 2
 
 
 class Once(Generic[T]):
@@ -38,29 +33,6 @@ class Once(Generic[T]):
             if not self._value:
                 self._value.append(self._function())
             return self._value[0]
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-    function.restype = ctypes.c_int
-    return function
-
-
-_sync_file_range = _load_sync_file_range()
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing ``[offset, offset + length)`` to disk, without waiting (Linux).
-
-    Only a hint: where the call or the file system does not support it, nothing happens and the
-    commit's fsync does all the work, as before.
-    """
-    if _sync_file_range is not None and length > 0:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 class FollowingDigest:

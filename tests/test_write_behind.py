@@ -1,4 +1,4 @@
-"""Hashing outputs while they are written, and starting their writeback early (#12)."""
+"""Hashing outputs while they are written (#12)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from reformer_tools.safetensors_writer import SafetensorsWriter, TensorSpec, read_header
-from reformer_tools.write_behind import FollowingDigest, Once, start_writeback
+from reformer_tools.write_behind import FollowingDigest, Once
 
 
 def _sha(path: Path) -> str:
@@ -111,16 +111,6 @@ def test_once_retries_after_a_failure() -> None:
     with pytest.raises(ValueError, match="first"):
         once()
     assert once() == 7 == once()
-
-
-def test_start_writeback_is_only_a_hint(tmp_path: Path) -> None:
-    with open(tmp_path / "f", "w+b") as file:
-        file.write(b"x" * 10_000)
-        file.flush()
-        start_writeback(file.fileno(), 0, 10_000)
-        start_writeback(file.fileno(), 0, 0)
-        start_writeback(-1, 0, 10)  # a bad descriptor: ignored
-    assert (tmp_path / "f").read_bytes() == b"x" * 10_000
 
 
 def _specs() -> list[TensorSpec]:
