@@ -6,7 +6,7 @@ import json
 import math
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import click
 from rich.console import Console
@@ -73,11 +73,18 @@ def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+_UNBOUNDED: Final = 1_000_000  # columns: wider than any table
+
+
 def print_table(table: Table) -> None:
     """A table at its natural width, even past the terminal's: a key or path cut short cannot be copied."""
-    natural = Measurement.get(out, out.options.update(width=1_000_000), table).maximum
+    # A table that does not expand renders at its natural width when given room for it: measuring it
+    # first (as long as rendering it, for thousands of rows) only to set that width is not needed.
     width = out.width
-    out.width = max(width, natural)
+    if table.expand:
+        out.width = max(width, Measurement.get(out, out.options.update(width=_UNBOUNDED), table).maximum)
+    else:
+        out.width = _UNBOUNDED
     try:
         out.print(table, crop=False)
     finally:

@@ -47,6 +47,7 @@ from reformer_tools.safetensors_writer import (
     split_shards,
 )
 from reformer_tools.spec import ReformerSpec
+from reformer_tools.write_behind import Once
 
 if TYPE_CHECKING:
     from reformer_tools.verification import VerifyReport
@@ -407,6 +408,7 @@ def write_conversion(
                     _metadata(checkpoint, resolved, final=False),
                     lambda: _metadata(checkpoint, resolved, final=True),
                     written,
+                    hash_while_writing=True,
                 )
         verified: list[VerifyReport] = []
         target.commit(_verifier(output, kind, lambda: (checkpoint, resolved), options, verified))
@@ -466,17 +468,20 @@ def dry_run(checkpoint: TraxCheckpoint, resolved: ResolvedConfig, output: Path, 
 
 
 class _WrittenDigest:
-    """sha256 and size of a finished weights file, read back in a thread while ``commit`` syncs it to disk.
+    """sha256 and size of a finished weights file: hashed while it was written (``known``), or else
+    read back in a thread while ``commit`` syncs it to disk.
 
     Verification rewrites only the model card, never a weights file, so the digest stays true.
     """
 
-    def __init__(self, file: BinaryIO) -> None:
-        file.flush()
-        self._fd = os.dup(file.fileno())  # the output may close its own descriptor meanwhile
-        self._result: tuple[int, str] | None = None
-        self._thread = threading.Thread(target=self._run, name="sha256-out", daemon=True)
-        self._thread.start()
+    def __init__(self, file: BinaryIO, known: tuple[int, str] | None = None) -> None:
+        self._result = known
+        self._thread: threading.Thread | None = None
+        if known is None:
+            file.flush()
+            self._fd = os.dup(file.fileno())  # the output may close its own descriptor meanwhile
+            self._thread = threading.Thread(target=self._run, name="sha256-out", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         try:
@@ -494,14 +499,15 @@ class _WrittenDigest:
             os.close(self._fd)
 
     def result(self) -> tuple[int, str] | None:
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         return self._result
 
 
 def _describe_files(
     output: Path, kind: OutputKind, names: list[str], written: dict[str, _WrittenDigest] | None = None
 ) -> tuple[OutputFile, ...]:
-    """Size and sha256 of every written file: hashed as it was finished, or read back from where it now is."""
+    """Size and sha256 of every written file: hashed as it was written, or read back from where it now is."""
     paths = [output / name for name in names] if kind is OutputKind.DIRECTORY else [output]
     files = []
     for name, path in zip(names, paths, strict=True):
@@ -559,10 +565,14 @@ def _write_safetensors(
     placeholder: dict[str, str],
     final_metadata: Callable[[], dict[str, str]],
     written: dict[str, _WrittenDigest],
+    *,
+    hash_while_writing: bool = False,
 ) -> list[str]:
     """Write the tensors as they come; the metadata (digests) is final only after the last one.
 
-    ``written`` receives each weights file's digest, computed in a thread once the file is finished.
+    ``written`` receives each weights file's digest: with ``hash_while_writing`` a thread hashes the
+    file behind the writer (its header must then be known from the plan); otherwise, or if that
+    failed, a thread reads it back once it is finished.
     """
     specs = [TensorSpec(t.hf_key, t.target_shape, t.dtype) for t in conversion.tensors]
     shards = split_shards(specs, max_shard_size) if max_shard_size is not None else [specs]
@@ -570,18 +580,28 @@ def _write_safetensors(
         names = [target.target.name]
     else:
         names = shard_names(len(shards)) if max_shard_size is not None else ["model.safetensors"]
+    final_metadata = Once(final_metadata)  # the hashing threads and this one see the same values
+    follow = final_metadata if hash_while_writing else None
     writers = [
-        SafetensorsWriter(target.open(name), shard, placeholder) for name, shard in zip(names, shards, strict=True)
+        SafetensorsWriter(target.open(name), shard, placeholder, final_metadata=follow)
+        for name, shard in zip(names, shards, strict=True)
     ]
     shard_of = {spec.key: writers[i] for i, shard in enumerate(shards) for spec in shard}
     written_dtypes = set()
-    for key, array, dtype in tensors:
-        shard_of[key].write(key, array, dtype)
-        written_dtypes.add(dtype)
-    final = final_metadata()
+    try:
+        for key, array, dtype in tensors:
+            shard_of[key].write(key, array, dtype)
+            written_dtypes.add(dtype)
+        final = final_metadata()
+        for writer in writers:
+            writer.finish(final)
+    except BaseException:
+        for writer in writers:
+            writer.abandon()
+        raise
     for name, writer in zip(names, writers, strict=True):
-        writer.finish(final)
-        written[name] = _WrittenDigest(writer.file)
+        known = (writer.file_size, writer.sha256) if writer.sha256 is not None else None
+        written[name] = _WrittenDigest(writer.file, known)
     if conversion.kind is OutputKind.DIRECTORY:
         if len(shards) > 1:
             total = sum(w.bytes_written for w in writers)

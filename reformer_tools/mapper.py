@@ -28,6 +28,7 @@ from reformer_tools.checkpoint import Leaf
 from reformer_tools.dtypes import WEIGHT_DTYPES
 from reformer_tools.errors import MappingError, UnsupportedLayoutError
 from reformer_tools.spec import AttentionKind, ReformerSpec
+from reformer_tools.transpose import contiguous, copy_into
 
 Shape = tuple[int, ...]
 #: A dimension in a rule's shape: a name solved from the config or the leaves, or a literal size.
@@ -60,9 +61,9 @@ class Transform:
         if view.flags.c_contiguous:
             return view.reshape(shape)
         if out is None:
-            return np.ascontiguousarray(view).reshape(shape)
-        np.copyto(out.reshape(view.shape), view)
-        return out.reshape(shape)
+            return contiguous(view).reshape(shape)
+        # Blocked: numpy's strided copy of a transposed view misses the cache on every element.
+        return copy_into(out.reshape(view.shape), view).reshape(shape)
 
 
 def _heads_in(w: Array) -> Array:

@@ -49,3 +49,23 @@ def test_python_dash_m_entry_point_works() -> None:
     )
     assert result.returncode == 0
     assert "Exit codes:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["--help"], ["-h"], ["--version"], ["convert", "--help"], ["inspect", "--help"], ["verify", "--help"]],
+)
+def test_help_imports_no_numpy_torch_transformers_or_loader(args: list[str]) -> None:
+    # --help must start fast (#12): numpy alone is ~0.1 s of imports, the loader pulls it in.
+    code = (
+        f"sys.argv = ['reformer-tools', *{args!r}]\n"
+        "from reformer_tools.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as done:\n    assert done.code in (0, None, 2), done.code\n"
+    )
+    probe = f"import sys\n{code}\nprint('modules:', *sorted(sys.modules), file=sys.__stderr__)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(result.stderr.rpartition("modules:")[2].split())
+    heavy = {name for name in loaded if name.split(".")[0] in ("numpy", "torch", "transformers")}
+    assert not heavy, sorted(heavy)[:5]
+    assert "reformer_tools.loader" not in loaded
+    assert "reformer_tools.cli" in loaded  # the probe did see the modules
