@@ -61,34 +61,46 @@ def convert(checkpoint: Path, out: Path, *options: str) -> dict[str, Any]:
 FRESH_INTERPRETER = """
 import json, sys
 from transformers import AutoTokenizer, GenerationConfig
-directory, texts = sys.argv[1], json.loads(sys.stdin.read())
-tokenizer = AutoTokenizer.from_pretrained(directory)
-generation = GenerationConfig.from_pretrained(directory)
-ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-with_specials = tokenizer(texts[1])["input_ids"]
+directories, texts = sys.argv[1:], json.loads(sys.stdin.read())
+found = {}
+for directory in directories:
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    generation = GenerationConfig.from_pretrained(directory)
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    with_specials = tokenizer(texts[1])["input_ids"]
+    found[directory] = {"ids": ids, "first": with_specials[0], "pad": generation.pad_token_id,
+                        "eos": generation.eos_token_id, "class": type(tokenizer).__name__}
 assert not [m for m in sys.modules if m.startswith("reformer_tools")]
-print(json.dumps({"ids": ids, "first": with_specials[0], "pad": generation.pad_token_id,
-                  "eos": generation.eos_token_id, "class": type(tokenizer).__name__}))
+print(json.dumps(found))
 """
+
+
+@pytest.fixture(scope="module")
+def loaded_by_transformers(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every case converted, then loaded in one fresh interpreter (transformers' import costs seconds)."""
+    root = tmp_path_factory.mktemp("outputs")
+    outs = {name: root / name for name in CASES}
+    for name, out in outs.items():
+        convert(checkpoint, out, *CASES[name])
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_INTERPRETER, *map(str, outs.values())],
+        input=json.dumps(TEXTS[:40]),
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,  # not the repository: nothing of reformer-tools on the path
+    )
+    assert result.returncode == 0, result.stderr
+    found: dict[str, Any] = json.loads(result.stdout)
+    return {name: (out, found[str(out)]) for name, out in outs.items()}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_the_output_loads_with_plain_transformers_and_gives_trax_s_ids(
-    name: str, checkpoint: Path, tmp_path: Path
+    name: str, loaded_by_transformers: dict[str, Any]
 ) -> None:
-    out = tmp_path / "hf"
-    convert(checkpoint, out, *CASES[name])
+    out, loaded = loaded_by_transformers[name]
     texts = TEXTS[:40]
-    result = subprocess.run(
-        [sys.executable, "-c", FRESH_INTERPRETER, str(out)],
-        input=json.dumps(texts),
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,  # not the repository: nothing of reformer-tools on the path
-    )
-    assert result.returncode == 0, result.stderr
-    loaded = json.loads(result.stdout)
     expected = trax_ids(name)[:40]
     exact = sum(a == b for a, b in zip(loaded["ids"], expected, strict=True))
     if name == "subword":  # texts with characters outside the tiny alphabet differ as documented
