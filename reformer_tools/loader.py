@@ -396,8 +396,7 @@ def _flatten_weights(
             if unbacked < 0:
                 raise UnreadableCheckpointError(
                     f"the weights repeat data: over {format_size(MAX_REPEATED_BYTES, binary=True)} more than"
-                    " the file holds"
-                    " (a Trax checkpoint holds each weight once)"
+                    " the file holds (a Trax checkpoint holds each weight once)"
                 )
             leaves.append(Leaf(len(arrays), path, tuple(array.shape), dtype))
             arrays.append(array)
